@@ -76,7 +76,7 @@ main() {
     log "no candidate here, skipped: $(comm -23 <(printf '%s\n' "${missing[@]}" | sort) <(printf '%s\n' "${wanted[@]}" | sort) | xargs)"
   [ ${#wanted[@]} -gt 0 ] || return 0
 
-  local own_policy=
+  own_policy=""   # global: the EXIT trap runs after main has returned
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\n# temporary, from vprotect test/lab/install.sh\nexit 101\n' >/usr/sbin/policy-rc.d
     chmod 755 /usr/sbin/policy-rc.d
