@@ -25,7 +25,7 @@ export class SourceDocument {
 
   constructor(file: string, text: string) {
     this.file = file;
-    this.doc = parseDocument(text, { lineCounter: this.lines, prettyErrors: false, uniqueKeys: true });
+    this.doc = parseDocument(text, { lineCounter: this.lines, prettyErrors: true, uniqueKeys: true });
   }
 
   /** YAML syntax errors (and duplicate keys), as problems. */

@@ -131,7 +131,9 @@ const cephCluster = {
 const destination = {
   type: 'object',
   required: ['type'],
-  'x-expected': '{type: local, path: DIR} or {type: nfs, server, export, mountPoint}',
+  properties: { type: { enum: ['local', 'nfs'] } },
+  // The discriminator makes ajv check only the branch that `type` names, so its errors are precise.
+  discriminator: { propertyName: 'type' },
   oneOf: [
     {
       additionalProperties: false,
