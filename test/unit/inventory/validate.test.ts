@@ -85,7 +85,7 @@ describe('inventory validation', () => {
       '15:10: destinations.local.mountPoint: is required',
       '15:47: destinations.local.mountpoint: unknown key; did you mean "mountPoint"?',
     ]);
-    expect(problems(base.replace('{type: local, path: /tmp/backups}', '{type: s3, path: /x}'))).toEqual(['15:10: destinations.local.type: must be one of: local, nfs']);
+    expect(problems(base.replace('{type: local, path: /tmp/backups}', '{type: s3, path: /x}'))).toEqual(['15:17: destinations.local.type: must be one of: local, nfs']);
   });
 
   it('names missing required keys with their allowed values', () => {
