@@ -39,10 +39,10 @@ export function semanticProblems(doc: SourceDocument, inv: unknown, env: Environ
     const problem = secretProblem(value, env);
     if (problem) at(typeof value === 'string' ? path : [...path, 'env' in value ? 'env' : 'file'], problem);
   };
-  const reference = (path: PathSegment[], value: unknown, names: string[], section: string) => {
+  const reference = (path: PathSegment[], value: unknown, names: string[], what: string, section: string) => {
     if (typeof value !== 'string' || names.includes(value)) return;
-    const known = names.length ? `defined: ${names.join(', ')}` : `there is no ${section} section entry yet`;
-    at(path, `unknown ${section} "${value}" (${known})`);
+    const known = names.length ? `defined: ${names.join(', ')}` : `none is defined; add it under ${section}:`;
+    at(path, `unknown ${what} "${value}" (${known})`);
   };
 
   for (const [name, cloud] of entries(inv['clouds'])) {
@@ -91,11 +91,11 @@ export function semanticProblems(doc: SourceDocument, inv: unknown, env: Environ
     if (ceph['conf'] === undefined && ceph['monitors'] === undefined) at(p, 'needs monitors or conf');
     if (isObj(ceph['conf'])) readable([...p, 'conf', 'path'], ceph['conf']['path'], 'ceph.conf');
     if (isObj(ceph['keyring'])) readable([...p, 'keyring', 'path'], ceph['keyring']['path'], 'keyring');
-    list(ceph['usedBy']).forEach((u, j) => isObj(u) && reference([...p, 'usedBy', j, 'cloud'], u['cloud'], cloudNames, 'cloud'));
+    list(ceph['usedBy']).forEach((u, j) => isObj(u) && reference([...p, 'usedBy', j, 'cloud'], u['cloud'], cloudNames, 'cloud', 'clouds'));
   }
 
   list(inv['proxies']).forEach((proxy, i) => {
-    if (isObj(proxy)) reference(['proxies', i, 'cloud'], proxy['cloud'], cloudNames, 'cloud');
+    if (isObj(proxy)) reference(['proxies', i, 'cloud'], proxy['cloud'], cloudNames, 'cloud', 'clouds');
   });
 
   const policyNames = new Map<string, number>();
@@ -107,8 +107,8 @@ export function semanticProblems(doc: SourceDocument, inv: unknown, env: Environ
       if (first !== undefined) at([...p, 'name'], `duplicate policy name (also policies[${first}])`);
       else policyNames.set(policy['name'], i);
     }
-    reference([...p, 'destination'], policy['destination'], destinationNames, 'destination');
-    if (policy['cloud'] !== undefined) reference([...p, 'cloud'], policy['cloud'], cloudNames, 'cloud');
+    reference([...p, 'destination'], policy['destination'], destinationNames, 'destination', 'destinations');
+    if (policy['cloud'] !== undefined) reference([...p, 'cloud'], policy['cloud'], cloudNames, 'cloud', 'clouds');
     else if (cloudNames.length > 1) at(p, `several clouds are defined (${cloudNames.join(', ')}): say which one with cloud: NAME`);
     const select = policy['select'];
     if (isObj(select) && typeof select['nameRegex'] === 'string') {
@@ -129,7 +129,7 @@ export function semanticProblems(doc: SourceDocument, inv: unknown, env: Environ
       out.push(...schemaProblems(doc, schema, policy['strategyOptions'], [...p, 'strategyOptions']));
       const opts = policy['strategyOptions'];
       if (isObj(opts)) {
-        for (const key of ['cluster', 'cephCluster']) reference([...p, 'strategyOptions', key], opts[key], cephNames, 'Ceph cluster');
+        for (const key of ['cluster', 'cephCluster']) reference([...p, 'strategyOptions', key], opts[key], cephNames, 'Ceph cluster', 'cephClusters');
       }
     }
   });

@@ -1,0 +1,154 @@
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
+
+const examples = new URL('../../examples/', import.meta.url).pathname;
+
+/** Every line of stdout must parse as JSON (one document, or JSON lines). */
+function expectOnlyJson(stdout: string): unknown[] {
+  const docs: unknown[] = [];
+  const trimmed = stdout.trim();
+  expect(trimmed).not.toBe('');
+  try {
+    docs.push(JSON.parse(trimmed));
+  } catch {
+    for (const line of trimmed.split('\n')) docs.push(JSON.parse(line));
+  }
+  return docs;
+}
+
+describe('vprotect binary', () => {
+  it('prints help on stdout and exits 0', async () => {
+    const r = await runCli(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('Usage: vprotect');
+    expect(r.stdout).toContain('inventory');
+    expect(r.stderr).toBe('');
+  });
+
+  it('prints its version', async () => {
+    const r = await runCli(['--version']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+  });
+
+  it('exits 64 on an unknown command or option, with a suggestion on stderr', async () => {
+    const r = await runCli(['inventroy', 'validate']);
+    expect(r.code).toBe(64);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain('Did you mean inventory?');
+    const o = await runCli(['inventory', 'validate', '--bogus']);
+    expect(o.code).toBe(64);
+    expect(o.stderr).toContain("unknown option '--bogus'");
+  });
+
+  it('exits 78 when the default inventory is missing and says how to fix it', async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'vprotect-e2e-'));
+    const r = await runCli(['inventory', 'validate'], { cwd });
+    expect(r.code).toBe(78);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(`cannot read inventory ${join(cwd, 'vprotect.yaml')}: ENOENT`);
+    expect(r.stderr).toContain('hint: create it');
+  });
+
+  it('takes the inventory from VPROTECT_INVENTORY and -c, -c winning', async () => {
+    const ok = await runCli(['inventory', 'validate', '--offline'], { env: { VPROTECT_INVENTORY: join(examples, 'minimal.yaml') } });
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain('minimal.yaml');
+    const both = await runCli(['-c', join(examples, 'nfs.yaml'), 'inventory', 'validate', '--offline'], { env: { VPROTECT_INVENTORY: '/nonexistent.yaml' } });
+    expect(both.code).toBe(0);
+    expect(both.stdout).toContain('nfs.yaml');
+  });
+
+  it('validates every shipped example, offline and with its files and secrets in place', async () => {
+    const yamls = readdirSync(examples).filter((f) => f.endsWith('.yaml') && f !== 'lab.yaml');
+    expect(yamls.length).toBeGreaterThanOrEqual(3);
+    for (const f of yamls) {
+      const offline = await runCli(['-c', join(examples, f), 'inventory', 'validate', '--offline']);
+      expect(offline.code, `${f}: ${offline.stderr}`).toBe(0);
+
+      // Online: put the example in a directory with the files it names, and set its variables.
+      const dir = mkdtempSync(join(tmpdir(), 'vprotect-example-'));
+      copyFileSync(join(examples, f), join(dir, f));
+      for (const rel of ['keys/id_ed25519', 'keys/known_hosts', 'secrets/os-password', 'certs/ca.pem', 'ceph/ceph.conf', 'ceph/ceph.client.backup.keyring']) {
+        mkdirSync(join(dir, rel, '..'), { recursive: true });
+        writeFileSync(join(dir, rel), 'x\n');
+      }
+      const env = { VPROTECT_OS_PASSWORD: 'p', VPROTECT_DR_APP_SECRET: 's', VPROTECT_COMPUTE02_PASSWORD: 'c' };
+      const online = await runCli(['-c', join(dir, f), 'inventory', 'validate'], { env });
+      expect(online.code, `${f}: ${online.stderr}`).toBe(0);
+    }
+  });
+
+  it('reports a broken inventory with exit 78: problems on stderr, nothing on stdout', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vprotect-e2e-'));
+    const file = join(dir, 'bad.yaml');
+    writeFileSync(file, 'version: 1\npolicies:\n  - name: p\n    strategy: libvirt-ssh\n    destination: nowhere\n    retention: {keepDaily: -1}\n');
+    const r = await runCli(['-c', file, 'inventory', 'validate']);
+    expect(r.code).toBe(78);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(`${file}:6:28: policies[0].retention.keepDaily: must be an integer ≥ 0`);
+    expect(r.stderr).toContain(`${file}:5:18: policies[0].destination: unknown destination "nowhere" (none is defined; add it under destinations:)`);
+  });
+
+  it('with --json, prints nothing but JSON on stdout, for results and for errors', async () => {
+    const ok = await runCli(['--json', '-c', join(examples, 'minimal.yaml'), 'inventory', 'validate', '--offline']);
+    expect(ok.code).toBe(0);
+    expect(expectOnlyJson(ok.stdout)[0]).toMatchObject({ valid: true, policies: 1 });
+
+    const bad = await runCli(['--json', '-c', '/nonexistent/inv.yaml', 'inventory', 'validate']);
+    expect(bad.code).toBe(78);
+    expect(expectOnlyJson(bad.stdout)[0]).toMatchObject({ error: { code: 'config', exitCode: 78 } });
+    expect(bad.stderr).toContain('cannot read inventory');
+
+    const usage = await runCli(['--json', 'nosuchcommand']);
+    expect(usage.code).toBe(64);
+    expect(expectOnlyJson(usage.stdout)[0]).toMatchObject({ error: { code: 'usage' } });
+  });
+
+  it('inventory show redacts inline secrets but keeps references', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vprotect-e2e-'));
+    const file = join(dir, 'inv.yaml');
+    writeFileSync(join(dir, 'key'), 'x');
+    writeFileSync(
+      file,
+      [
+        'version: 1',
+        'clouds:',
+        '  a: {authUrl: "http://k:5000/v3", username: u, password: "s3cr3t-inline", project: p}',
+        '  b: {authUrl: "http://k:5000/v3", applicationCredential: {id: abc, secret: "app-s3cr3t"}}',
+        'hypervisors:',
+        '  - {name: h, address: 127.0.0.1, password: {env: HV_PW}, keyFile: ./key}',
+        'cephClusters:',
+        '  c: {user: volumes, monitors: ["127.0.0.1:6789"], keyring: {inline: "AQD-keyring-s3cr3t"}}',
+        'destinations: {d: {type: local, path: /b}}',
+        'policies: [{name: p, cloud: a, strategy: ceph-rbd, destination: d}]',
+        '',
+      ].join('\n'),
+    );
+    const r = await runCli(['--json', '-c', file, 'inventory', 'show'], { env: { HV_PW: 'env-s3cr3t' } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout + r.stderr).not.toMatch(/s3cr3t/);
+    const doc = expectOnlyJson(r.stdout)[0] as Record<string, any>;
+    expect(doc['clouds']['a']['password']).toBe('<redacted>');
+    expect(doc['clouds']['b']['applicationCredential']).toEqual({ id: 'abc', secret: '<redacted>' });
+    expect(doc['hypervisors'][0]['password']).toEqual({ env: 'HV_PW' });
+    expect(doc['cephClusters']['c']['keyring']).toEqual({ inline: '<redacted>' });
+    const human = await runCli(['-c', file, 'inventory', 'show'], { env: { HV_PW: 'env-s3cr3t' } });
+    expect(human.code).toBe(0);
+    expect(human.stdout).toContain('password: <redacted>');
+    expect(human.stdout).not.toMatch(/s3cr3t/);
+  });
+
+  it('starts fast: --help loads no heavy module', async () => {
+    const t0 = Date.now();
+    const r = await runCli(['--help']);
+    expect(r.code).toBe(0);
+    // Not a timing assertion: the proof is which modules load; see the next check.
+    const probe = await runCli(['--help'], { env: { NODE_DEBUG: 'module' } });
+    expect(probe.stderr).not.toMatch(/node_modules\/(ajv|ssh2|got|yaml|tar-stream|execa)\//);
+    expect(Date.now() - t0).toBeGreaterThan(0);
+  });
+});
