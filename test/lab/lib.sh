@@ -75,3 +75,32 @@ wait_for() {
     sleep 0.5
   done
 }
+
+# ---- added for the Ceph/hypervisor part (backwards compatible: only new names) ----
+
+LAB_STATE=$LAB/state
+mkdir -p "$LAB_STATE"
+
+# Run a command with a hard deadline, so nothing in the lab can hang a script forever
+# (librados waits for ever for an inactive PG, ssh for a dead link, ...).
+lab_timeout() { local t=$1; shift; timeout --kill-after=5 "$t" "$@"; }
+
+# $LAB/lab.json describes the running lab for the TypeScript tests. Each component publishes
+# its own fragment ($LAB/state/NAME.json, a JSON object); lab.json is their deep merge, so the
+# components never edit each other's parts. `lab_publish NAME <json-on-stdin>`,
+# `lab_unpublish NAME`.
+lab_publish() {
+  local f=$LAB_STATE/$1.json
+  jq . >"$f.tmp" && mv "$f.tmp" "$f"
+  _lab_json_merge
+}
+lab_unpublish() { rm -f "$LAB_STATE/$1.json"; _lab_json_merge; }
+_lab_json_merge() {
+  local frags=("$LAB_STATE"/*.json)
+  if [ ! -e "${frags[0]}" ]; then rm -f "$LAB/lab.json"; return 0; fi
+  jq -s --arg lab "$LAB" 'reduce .[] as $x ({lab: $lab}; . * $x)' "${frags[@]}" >"$LAB/lab.json.tmp"
+  mv "$LAB/lab.json.tmp" "$LAB/lab.json"
+}
+
+# lab_pid NAME: the pid of a running lab daemon (empty when it is not running).
+lab_pid() { lab_running "$1" && awk '{print $1}' "$LAB_PIDS/$1.pid" || true; }

@@ -1,0 +1,85 @@
+# Shared by ceph-up.sh, ceph-down.sh and status.sh (source after lib.sh).
+CEPH_DIR=$LAB/ceph
+CEPH_CONF=$CEPH_DIR/ceph.conf
+CEPH_READY=$LAB_STATE/ceph.ready
+CEPH_MON_ID=a
+CEPH_MGR_ID=x
+CEPH_MON_PORT_V2=3300
+CEPH_MON_PORT_V1=6789
+# The libvirt secret that holds client.volumes' key. The same UUID is Cinder's
+# rbd_secret_uuid in the OpenStack part, so Nova's libvirt driver finds it for volume attach.
+CEPH_LIBVIRT_SECRET_UUID=${CEPH_LIBVIRT_SECRET_UUID:-8a1c3f9e-6d2b-4c1e-9f0a-0b5e1ab0c0de}
+# Files the lab put into /etc/ceph (where librbd, qemu, cinder and nova look by default).
+ETC_CEPH_MANIFEST=/etc/ceph/.vprotect-lab
+
+ceph_admin() {
+  lab_timeout 60 ceph --conf "$CEPH_CONF" --name client.admin \
+    --keyring "$CEPH_DIR/keyrings/ceph.client.admin.keyring" --connect-timeout 15 "$@"
+}
+
+# Daemons run in the foreground (-f) under lab_start: it keeps the pid, they keep their logs in
+# $CEPH_DIR/log. They run as root (no --setuser): everything lives under $LAB anyway.
+start_mon() {
+  lab_running ceph-mon && return 0
+  lab_start ceph-mon ceph-mon -f -c "$CEPH_CONF" -i "$CEPH_MON_ID"
+  wait_for "ceph-mon" 60 ceph_admin mon stat
+}
+start_mgr() { lab_start ceph-mgr ceph-mgr -f -c "$CEPH_CONF" -i "$CEPH_MGR_ID"; }
+start_osd() { lab_start ceph-osd ceph-osd -f -c "$CEPH_CONF" -i 0; }
+
+all_running() { lab_running ceph-mon && lab_running ceph-mgr && lab_running ceph-osd; }
+
+# The OSD first (it flushes and tells the mon), the mon last.
+stop_all() {
+  local d
+  for d in ceph-osd ceph-mgr ceph-mon; do lab_stop "$d"; done
+}
+
+osd_up() {
+  local out; out=$(ceph_admin osd dump --format json) || return 1
+  jq -e '.osds | length > 0 and all(.up == 1 and .in == 1)' <<<"$out" >/dev/null
+}
+pgs_clean() {
+  local out; out=$(ceph_admin pg stat --format json) || return 1
+  jq -e '(.pg_summary // .) as $s | $s.num_pgs > 0 and
+    ([$s.num_pg_by_state[] | select(.name != "active+clean") | .num] | add // 0) == 0' \
+    <<<"$out" >/dev/null
+}
+
+# Ours = our manifest is there, or (crash between the two writes) the conf carries our header.
+etc_ceph_is_ours() {
+  local first=
+  [ -f "$ETC_CEPH_MANIFEST" ] && return 0
+  [ -f /etc/ceph/ceph.conf ] && read -r first </etc/ceph/ceph.conf
+  [[ "$first" == "# written by vprotect test/lab"* ]]
+}
+
+# Put the config and the two client keyrings into /etc/ceph — unless someone else's ceph.conf
+# is there: that one is never touched, and clients must then use CEPH_CONF=$CEPH_CONF.
+install_etc_ceph() {
+  if [ -e /etc/ceph/ceph.conf ] && ! etc_ceph_is_ours; then
+    log "WARNING: /etc/ceph/ceph.conf exists and is not the lab's: left alone; use CEPH_CONF=$CEPH_CONF"
+    return 0
+  fi
+  mkdir -p /etc/ceph
+  # The manifest first: whatever happens next, --wipe knows what to remove.
+  printf '%s\n' "# created by vprotect's test lab ($LAB); removed by ceph-down.sh --wipe" \
+    /etc/ceph/ceph.conf /etc/ceph/ceph.client.admin.keyring /etc/ceph/ceph.client.volumes.keyring \
+    >"$ETC_CEPH_MANIFEST"
+  install -m 644 "$CEPH_CONF" /etc/ceph/ceph.conf
+  install -m 600 "$CEPH_DIR/keyrings/ceph.client.admin.keyring" /etc/ceph/ceph.client.admin.keyring
+  install -m 644 "$CEPH_DIR/keyrings/ceph.client.volumes.keyring" /etc/ceph/ceph.client.volumes.keyring
+}
+
+remove_etc_ceph() {
+  etc_ceph_is_ours || return 0
+  local f
+  if [ -f "$ETC_CEPH_MANIFEST" ]; then
+    while read -r f; do
+      case "$f" in /etc/ceph/*) rm -f "$f" ;; esac
+    done <"$ETC_CEPH_MANIFEST"
+  else
+    rm -f /etc/ceph/ceph.conf
+  fi
+  rm -f "$ETC_CEPH_MANIFEST"
+}
