@@ -1,0 +1,26 @@
+# Shared by hypervisor-up.sh, hypervisor-down.sh and status.sh (source after lib.sh).
+SSH_DIR=$LAB/ssh
+VMS_DIR=$LAB/vms                     # disks, scratch files, NBD sockets: libvirt-qemu writes here
+HV_READY=$LAB_STATE/hypervisor.ready
+SSH_PORT=2222
+LIBVIRT_URI=qemu:///system           # the machine's one libvirtd, shared with nova-compute
+# The sample domains; vp-rbd only exists while Ceph is up.
+HV_DOMAINS=(vp-qcow2 vp-raw vp-two vp-agent vp-rbd)
+# Optional second hypervisor in a network namespace, reached over a veth pair.
+NETNS_HV=vp-hv NETNS_CI=vp-ci
+NETNS_HV_IP=10.200.0.2 NETNS_CI_IP=10.200.0.1
+NETNS_HV_DEV=vp-hv0 NETNS_CI_DEV=vp-ci0
+
+virsh_() { lab_timeout 60 virsh -q -c "$LIBVIRT_URI" "$@"; }
+libvirt_answers() { lab_timeout 10 virsh -c "$LIBVIRT_URI" version >/dev/null 2>&1; }
+dom_defined() { virsh_ dominfo "$1" >/dev/null 2>&1; }
+dom_running() { [ "$(virsh_ domstate "$1" 2>/dev/null)" = running ]; }
+
+# A libvirtd the lab did not start (e.g. the machine's own) is used, never stopped.
+# Its pid file is /run/libvirtd.pid (fcntl-locked while it runs).
+foreign_daemon() {
+  local name=$1 pid
+  lab_running "$name" && return 1
+  pid=$(cat "/run/$name.pid" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$name" ]
+}
