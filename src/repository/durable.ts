@@ -1,0 +1,63 @@
+/**
+ * The write protocol of docs/FORMAT.md §9: `<name>.partial` → fsync → rename → fsync of the
+ * directory. On NFS, close-to-open consistency plus fsync makes the data durable on the server
+ * before the rename makes it visible, so a reader never sees a complete name with partial data.
+ */
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
+export const PARTIAL_SUFFIX = '.partial';
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } catch (err) {
+    // Some file systems refuse fsync on a directory (EINVAL); the rename is then as durable as it gets.
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes a small file atomically and durably. */
+export async function writeFileDurable(path: string, data: string | Buffer): Promise<void> {
+  const file = await AtomicFile.create(path);
+  try {
+    await file.handle.writeFile(data);
+    await file.commit();
+  } catch (err) {
+    await file.discard();
+    throw err;
+  }
+}
+
+/** A file being written under its `.partial` name until `commit()`. */
+export class AtomicFile {
+  private constructor(
+    readonly path: string,
+    readonly handle: FileHandle,
+  ) {}
+
+  static async create(path: string): Promise<AtomicFile> {
+    return new AtomicFile(path, await open(path + PARTIAL_SUFFIX, 'w'));
+  }
+
+  get partialPath(): string {
+    return this.path + PARTIAL_SUFFIX;
+  }
+
+  /** fsync, close, rename into place, fsync the directory. */
+  async commit(): Promise<void> {
+    await this.handle.sync();
+    await this.handle.close();
+    await rename(this.partialPath, this.path);
+    await fsyncDir(dirname(this.path));
+  }
+
+  /** Closes and removes the partial file (best effort: it is garbage either way). */
+  async discard(): Promise<void> {
+    await this.handle.close().catch(() => {});
+    await unlink(this.partialPath).catch(() => {});
+  }
+}
