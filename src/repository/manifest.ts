@@ -1,4 +1,5 @@
 /** The JSON documents of a repository (docs/FORMAT.md §2, §3, §7) and their validation on read. */
+import { createHash } from 'node:crypto';
 import { DataCorruptError } from '../errors.js';
 import { isPointId, SAFE_NAME_RE } from './ids.js';
 
@@ -54,6 +55,8 @@ export interface PointManifest {
   disks: DiskEntry[];
   sums: { file: 'SHA256SUMS'; sha256: string };
   mergedFrom?: string[];
+  /** sha256 of this JSON document without this member (toJson), so a flipped byte anywhere is found. */
+  selfSha256?: string;
 }
 
 export interface MergeJournal {
@@ -95,6 +98,8 @@ export function parseRepoConfig(text: string, what: string): RepoConfig {
 /** Checks what the repository relies on; other members are carried along unchecked. */
 export function parseManifest(text: string, what: string): PointManifest {
   const v = parseJson(text, what);
+  const { selfSha256, ...rest } = v;
+  if (typeof selfSha256 !== 'string' || createHash('sha256').update(toJson(rest)).digest('hex') !== selfSha256) fail(what, 'does not match its own checksum (selfSha256)');
   if (v['kind'] !== 'vprotect-point') fail(what, 'not a point manifest');
   if (v['format'] !== FORMAT_VERSION) fail(what, `point format ${String(v['format'])} is not supported`);
   for (const k of ['pointId', 'chainId'] as const) if (typeof v[k] !== 'string' || !isPointId(v[k])) fail(what, `${k} is not a point id`);
@@ -122,6 +127,12 @@ export function parseMergeJournal(text: string, what: string): MergeJournal {
   const v = parseJson(text, what);
   if (v['kind'] !== 'vprotect-merge' || !Array.isArray(v['diffs'])) fail(what, 'not a merge journal');
   return v as unknown as MergeJournal;
+}
+
+/** The manifest as written: its JSON with selfSha256 computed over the rest. */
+export function sealManifest(m: PointManifest): string {
+  const { selfSha256: _old, ...rest } = m;
+  return toJson({ ...rest, selfSha256: createHash('sha256').update(toJson(rest)).digest('hex') });
 }
 
 export function toJson(v: unknown): string {

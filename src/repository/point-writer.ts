@@ -13,7 +13,7 @@ import type { Extent } from './extents.js';
 import { SAFE_NAME_RE } from './ids.js';
 import { diskFiles, layout, MANIFEST, SUMS } from './layout.js';
 import type { VmLock } from './lock.js';
-import { toJson, type DiskEntry, type PointLevel, type PointManifest } from './manifest.js';
+import { sealManifest, toJson, type DiskEntry, type PointLevel, type PointManifest } from './manifest.js';
 import type { PointInfo, Repository } from './repository.js';
 import { formatSums, type SumEntry } from './sums.js';
 
@@ -163,7 +163,7 @@ export class PointWriter {
       disks,
       sums: { file: SUMS, sha256: createHash('sha256').update(sumsText).digest('hex') },
     };
-    await writeFileDurable(join(this.dir, MANIFEST), toJson(manifest));
+    await writeFileDurable(join(this.dir, MANIFEST), sealManifest(manifest));
     this.state = 'committed';
     await this.init.onStep?.('manifest');
     await writeFileDurable(layout.vmFile(this.repo.root, o.vmId), toJson({ vmId: o.vmId, vmName: o.vmName, project: o.project, cloud: o.cloud, updatedAt: manifest.finishedAt })).catch((err: unknown) => {

@@ -43,6 +43,8 @@ export interface ChainInfo {
   orphans: PointInfo[];
   /** Point directories without a manifest: interrupted writes, removed by the next locked run. */
   incomplete: string[];
+  /** Points whose manifest cannot be read or is damaged. */
+  damaged: { pointId: string; file: string; problem: string }[];
   /** Set while a merge is unfinished (docs/FORMAT.md §7). */
   merge?: MergeJournal;
 }
@@ -157,16 +159,22 @@ export class Repository {
       const dir = layout.chainDir(this.root, vmId, chainId);
       const found: PointInfo[] = [];
       const incomplete: string[] = [];
+      const damaged: ChainInfo['damaged'] = [];
       for (const pointId of await listDir(dir)) {
         if (!isPointId(pointId)) continue;
-        const p = await this.readPoint(vmId, chainId, pointId);
-        if (p) found.push(p);
-        else incomplete.push(pointId);
+        try {
+          const p = await this.readPoint(vmId, chainId, pointId);
+          if (p) found.push(p);
+          else incomplete.push(pointId);
+        } catch (err) {
+          if (!(err instanceof DataCorruptError)) throw err;
+          damaged.push({ pointId, file: join(dir, pointId, MANIFEST), problem: err.message });
+        }
       }
       let merge: MergeJournal | undefined;
       const journal = layout.mergeJournal(this.root, vmId, chainId);
       if (await exists(journal)) merge = parseMergeJournal(await readFile(journal, 'utf8'), journal);
-      chains.push({ vmId, chainId, dir, ...orderChain(found), incomplete, ...(merge ? { merge } : {}) });
+      chains.push({ vmId, chainId, dir, ...orderChain(found), incomplete, damaged, ...(merge ? { merge } : {}) });
     }
     return chains;
   }
@@ -253,7 +261,7 @@ export class Repository {
           }
         }
       }
-      if (chain.points.length === 0 && chain.orphans.length === 0 && !chain.merge) {
+      if (chain.points.length === 0 && chain.orphans.length === 0 && chain.damaged.length === 0 && !chain.merge) {
         await rm(chain.dir, { recursive: true, force: true });
         removed.push(chain.dir);
       }

@@ -1,0 +1,60 @@
+/** What the repository commands share: choosing and opening the repository, and formatting. */
+import { hostname } from 'node:os';
+import { UsageError } from '../../errors.js';
+import type { Inventory } from '../../inventory/types.js';
+import { looksLikePath, prepareDestination, selectDestination } from '../../repository/destination.js';
+import type { LockEnv } from '../../repository/lock.js';
+import { openRepository, type Repository } from '../../repository/repository.js';
+import type { CliContext } from '../context.js';
+
+/** This process, as lock owners see it. */
+export function processLockEnv(): LockEnv {
+  return {
+    host: hostname(),
+    pid: process.pid,
+    isAlive: (pid) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch (err) {
+        return (err as NodeJS.ErrnoException).code === 'EPERM';
+      }
+    },
+  };
+}
+
+export async function openRepo(ctx: CliContext, opts: Record<string, unknown>, o: { create?: boolean } = {}): Promise<Repository> {
+  const arg = opts['destination'] as string | undefined;
+  let inv: Inventory | undefined;
+  if (arg === undefined || !looksLikePath(arg)) inv = await ctx.loadInventory({ offline: true });
+  const dest = selectDestination(inv, arg, process.cwd());
+  const root = await prepareDestination(dest, { log: ctx.log, signal: ctx.signal });
+  return openRepository(root, { create: o.create === true, log: ctx.log, lockEnv: processLockEnv() });
+}
+
+/** VM ids matching --vm (id or last known name); all when not given. */
+export async function selectVms(repo: Repository, vm: unknown): Promise<string[]> {
+  if (vm === undefined) return repo.listVmIds();
+  const ids = await repo.resolveVm(String(vm));
+  if (ids.length === 0) throw new UsageError(`no VM "${String(vm)}" in ${repo.root}`, { hint: 'see `vprotect list`' });
+  return ids;
+}
+
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+export function age(iso: string, now = Date.now()): string {
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172800) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86400)}d`;
+}

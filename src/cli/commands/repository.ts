@@ -1,0 +1,96 @@
+/**
+ * Commands on the backup repository: restore (to a file or stdout; more targets plug in as
+ * RestoreTargets), list, show, verify, prune, merge, export, import, unlock.
+ */
+import { Option, type Command } from 'commander';
+import type { Bind } from './index.js';
+
+const destination = () => new Option('-d, --destination <name|path>', 'an inventory destination, or the path of a repository (default: the inventory\'s only destination)');
+const int = (v: string) => {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`"${v}" is not a whole number`);
+  return n;
+};
+
+export function repositoryCommands(program: Command, bind: Bind): void {
+  program
+    .command('restore')
+    .description('restore a disk of a restore point (checked while it is read: a damaged chain stops with exit 65)')
+    .requiredOption('--point <id>', 'the restore point')
+    .option('--disk <key>', 'the disk (vda, …); may be left out when the point has one disk')
+    .option('--to-file <path>', 'write a sparse file')
+    .addOption(new Option('--format <format>', 'format of --to-file').choices(['raw', 'qcow2']).default('raw'))
+    .option('--to-stdout', 'write the raw disk to stdout')
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/restore.js')).restore));
+
+  program
+    .command('list')
+    .description('chains and points in the repository: level, sizes, status, age')
+    .option('--vm <id|name>', 'only this VM')
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/catalog.js')).list));
+
+  program
+    .command('show')
+    .description('one restore point: manifest, disks, sizes, the chain it belongs to')
+    .argument('<point>', 'point id')
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/catalog.js')).show));
+
+  program
+    .command('verify')
+    .description('check points: structure, manifests, SHA256SUMS, block maps, chain continuity (exit 65 naming what is damaged and every point that depends on it)')
+    .argument('[point]', 'point id (with its chain)')
+    .option('--all', 'every point in the repository')
+    .option('--vm <id|name>', 'every point of this VM')
+    .option('--read-data [percent]', 'also read the data: all of it, or a random PERCENT of the blocks of full images')
+    .option('--rebuild-maps', 'compute the block map of each point through its chain; compare with the stored one, store it where there is none')
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/verify.js')).verify));
+
+  program
+    .command('prune')
+    .description('remove points that the retention rules do not keep (never one that a kept point depends on); says why for each point')
+    .option('--policy <name>', 'use the retention of this inventory policy')
+    .option('--vm <id|name>', 'only this VM')
+    .option('--keep-last <n>', 'keep the newest n points', int)
+    .option('--keep-hourly <n>', 'keep the newest point of each of the last n hours with points', int)
+    .option('--keep-daily <n>', 'same per day (UTC)', int)
+    .option('--keep-weekly <n>', 'same per ISO week', int)
+    .option('--keep-monthly <n>', 'same per month', int)
+    .option('--keep-yearly <n>', 'same per year', int)
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/prune.js')).prune));
+
+  program
+    .command('merge')
+    .description('fold the oldest incrementals of a chain into its full point ("forever incremental"); crash-safe, re-run to finish')
+    .argument('<chain>', 'chain id')
+    .option('--keep <n>', 'incrementals to leave after the full point (default 0)', int)
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/merge.js')).merge));
+
+  program
+    .command('export')
+    .description('write a point as a tar stream: its disks as sparse raw images, its metadata and manifest')
+    .argument('<point>', 'point id')
+    .option('-o, --output <file>', 'write to this file instead of stdout')
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/archive.js')).exportPoint));
+
+  program
+    .command('import')
+    .description('take an exported point back into a repository (as a new full point)')
+    .argument('[file]', 'the tar file (default: stdin)')
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/archive.js')).importPoint));
+
+  program
+    .command('unlock')
+    .description('remove the lock of a VM left by a process that is gone')
+    .argument('<vm>', 'VM id')
+    .option('--force', 'also when the holder still runs on this host')
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/unlock.js')).unlock));
+}
