@@ -1,0 +1,103 @@
+/**
+ * The contract between the backup engine (src/engine) and a strategy (strategies/<name>).
+ * A strategy never touches the destination and the repository never talks to a hypervisor:
+ * the engine moves the extents a strategy reads into the repository's point writer.
+ *
+ * One backup of one VM is a session:
+ *   open → plan (which disks, full or incremental and why) → snapshot (consistent point in time)
+ *   → read each disk (AsyncIterable<Extent>) → [engine makes the point durable] → commit
+ *   (keep the new anchor, drop the old one) — or abort at any step (remove what the run made).
+ * close() is always called last, after commit or abort.
+ */
+import type { BackupLevel, HypervisorConfig, Inventory, PolicyConfig, StrategyName } from '../inventory/types.js';
+import type { Environment } from '../inventory/secrets.js';
+import type { RunContext } from '../log.js';
+import type { Extent } from '../repository/extents.js';
+
+/** What the engine knows of the VM to back up. */
+export interface BackupTarget {
+  /** Stable id: the Nova server id, or the libvirt domain UUID for a VM outside OpenStack. */
+  vmId: string;
+  vmName: string;
+  cloud?: string;
+  project?: string;
+  /** The hypervisor the VM runs on (inventory entry matched by Nova's hypervisor_hostname). */
+  hypervisor?: HypervisorConfig;
+  /** libvirt domain name (Nova's OS-EXT-SRV-ATTR:instance_name). */
+  domain?: string;
+  /** Cloud-side description (typed by src/openstack), when the VM comes from Nova. */
+  cloudRecord?: unknown;
+}
+
+/** The previous complete point of this VM, as the repository recorded it. */
+export interface PreviousPoint {
+  pointId: string;
+  chainId: string;
+  disks: { key: string; size: number; sourceAnchor: unknown }[];
+}
+
+export interface DiskPlan {
+  /** Key in the repository, e.g. the libvirt target (vda) or `volume-<id>`. */
+  key: string;
+  /** Logical size in bytes at this snapshot. */
+  size: number;
+  /** What the source disk is (qcow2, raw, rbd): informative. */
+  sourceFormat: string;
+  level: 'full' | 'incremental';
+  /** Why this level, in words for the report ("checkpoint vprotect-… is on the disk"). */
+  reason: string;
+}
+
+export type ConsistencyLevel = 'crash' | 'quiesced' | 'app';
+
+// A type alias (not an interface) so that it fits the manifest's open `consistency` record.
+export type ConsistencyReport = {
+  level: ConsistencyLevel;
+  /** Why not higher, when quiesce was asked but not reached. */
+  note?: string;
+  hooks?: { phase: 'pre' | 'post'; command: string; where: string; exitCode: number | null; ok: boolean; message?: string }[];
+};
+
+export interface MetadataFile {
+  /** File name under the point's metadata/ (server.json, domain.xml, ...). */
+  name: string;
+  content: string | Buffer;
+}
+
+export interface BackupSession {
+  plan(request: { level: BackupLevel; previous: PreviousPoint | undefined }): Promise<DiskPlan[]>;
+  snapshot(): Promise<ConsistencyReport>;
+  /** Extents of one planned disk: ascending, non-overlapping, data or zeros. */
+  read(disk: DiskPlan): AsyncIterable<Extent>;
+  /** State the next incremental needs (checkpoint name, snapshot id, ...), stored in the manifest. */
+  sourceAnchor(disk: DiskPlan): unknown;
+  metadata(): Promise<MetadataFile[]>;
+  /** Called once the point is durable: keep the new anchor, remove the old one. */
+  commit(): Promise<void>;
+  /** Called when the run fails or is interrupted: remove everything this session created. */
+  abort(reason: unknown): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface StrategyContext extends RunContext {
+  inventory: Inventory;
+  policy: PolicyConfig | undefined;
+  options: Record<string, unknown>;
+  env: Environment;
+}
+
+/** A leftover from a killed run that `vprotect cleanup` can list and remove. */
+export interface Leftover {
+  where: string;
+  what: string;
+  /** The command a person could run to remove it by hand. */
+  removeWith: string;
+  remove(): Promise<void>;
+}
+
+export interface Strategy {
+  name: StrategyName;
+  open(target: BackupTarget, ctx: StrategyContext): Promise<BackupSession>;
+  /** Finds what killed runs left on the sources this inventory reaches. */
+  leftovers?(ctx: StrategyContext): Promise<Leftover[]>;
+}
