@@ -4,8 +4,10 @@ CEPH_CONF=$CEPH_DIR/ceph.conf
 CEPH_READY=$LAB_STATE/ceph.ready
 CEPH_MON_ID=a
 CEPH_MGR_ID=x
-CEPH_MON_PORT_V2=3300
-CEPH_MON_PORT_V1=6789
+# Ports, secret uuid and $LAB can be overridden to run a second, throw-away lab beside the
+# main one (the lab's own destructive tests do that).
+CEPH_MON_PORT_V2=${CEPH_MON_PORT_V2:-3300}
+CEPH_MON_PORT_V1=${CEPH_MON_PORT_V1:-6789}
 # The libvirt secret that holds client.volumes' key. The same UUID is Cinder's
 # rbd_secret_uuid in the OpenStack part, so Nova's libvirt driver finds it for volume attach.
 CEPH_LIBVIRT_SECRET_UUID=${CEPH_LIBVIRT_SECRET_UUID:-8a1c3f9e-6d2b-4c1e-9f0a-0b5e1ab0c0de}
@@ -46,18 +48,21 @@ pgs_clean() {
     <<<"$out" >/dev/null
 }
 
-# Ours = our manifest is there, or (crash between the two writes) the conf carries our header.
+# Ours = our manifest names this $LAB, or (crash between the two writes) the conf carries our
+# header and this cluster's directory.
 etc_ceph_is_ours() {
-  local first=
-  [ -f "$ETC_CEPH_MANIFEST" ] && return 0
-  [ -f /etc/ceph/ceph.conf ] && read -r first </etc/ceph/ceph.conf
-  [[ "$first" == "# written by vprotect test/lab"* ]]
+  if [ -f "$ETC_CEPH_MANIFEST" ]; then
+    grep -qF "($LAB)" "$ETC_CEPH_MANIFEST"
+    return
+  fi
+  [ -f /etc/ceph/ceph.conf ] && grep -q '^# written by vprotect test/lab' /etc/ceph/ceph.conf \
+    && grep -qF "$CEPH_DIR/" /etc/ceph/ceph.conf
 }
 
 # Put the config and the two client keyrings into /etc/ceph — unless someone else's ceph.conf
 # is there: that one is never touched, and clients must then use CEPH_CONF=$CEPH_CONF.
 install_etc_ceph() {
-  if [ -e /etc/ceph/ceph.conf ] && ! etc_ceph_is_ours; then
+  if { [ -e /etc/ceph/ceph.conf ] || [ -e "$ETC_CEPH_MANIFEST" ]; } && ! etc_ceph_is_ours; then
     log "WARNING: /etc/ceph/ceph.conf exists and is not the lab's: left alone; use CEPH_CONF=$CEPH_CONF"
     return 0
   fi

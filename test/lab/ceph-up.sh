@@ -83,7 +83,8 @@ $( [ "$store" = memstore ] && echo "osd_fast_shutdown = false" )
 rados_mon_op_timeout = 60
 rados_osd_op_timeout = 120
 client_mount_timeout = 60
-keyring = /etc/ceph/\$cluster.\$name.keyring,$CEPH_DIR/keyrings/\$cluster.\$name.keyring
+# This cluster's own keyrings first: /etc/ceph may hold another cluster's (second lab).
+keyring = $CEPH_DIR/keyrings/\$cluster.\$name.keyring,/etc/ceph/\$cluster.\$name.keyring
 EOF
 }
 
@@ -165,12 +166,19 @@ restart_cluster() {
     build_cluster
     return
   fi
-  install_etc_ceph
+  refresh_conf
   start_mon
   start_mgr
   start_osd
   wait_for "osd.0 up" 90 osd_up
   wait_for "all PGs active+clean" 120 pgs_clean
+}
+
+# Re-render the config of an existing cluster (fsid and store kept), so changes to this script
+# reach it; running daemons read it at their next start.
+refresh_conf() {
+  write_conf "$(awk '$1 == "fsid" {print $3}' "$CEPH_CONF")" "$(cat "$CEPH_DIR/objectstore")"
+  install_etc_ceph
 }
 
 publish() {
@@ -198,6 +206,7 @@ main() {
   local t0=$SECONDS
   if all_running && [ -f "$CEPH_READY" ] && ceph_admin pg stat >/dev/null 2>&1; then
     log "ceph is up (no-op)"
+    refresh_conf
     publish
     return 0
   fi

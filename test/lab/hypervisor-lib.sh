@@ -2,14 +2,19 @@
 SSH_DIR=$LAB/ssh
 VMS_DIR=$LAB/vms                     # disks, scratch files, NBD sockets: libvirt-qemu writes here
 HV_READY=$LAB_STATE/hypervisor.ready
-SSH_PORT=2222
 LIBVIRT_URI=qemu:///system           # the machine's one libvirtd, shared with nova-compute
-# The sample domains; vp-rbd only exists while Ceph is up.
-HV_DOMAINS=(vp-qcow2 vp-raw vp-two vp-agent vp-rbd)
+# Overridable so that a second, throw-away lab can run beside the main one on the same
+# libvirtd (the lab's destructive self-tests): ssh port, domain name prefix, netns names.
+SSH_PORT=${HV_SSH_PORT:-2222}
+HV_PREFIX=${HV_PREFIX:-vp-}
+# The sample domains (templates test/lab/domains/vp-KIND.xml); the rbd one only while Ceph is up.
+HV_KINDS=(qcow2 raw two agent)
+HV_DOMAINS=("${HV_KINDS[@]/#/$HV_PREFIX}" "${HV_PREFIX}rbd")
+RBD_IMAGE=vms/${HV_PREFIX}rbd-disk
 # Optional second hypervisor in a network namespace, reached over a veth pair.
-NETNS_HV=vp-hv NETNS_CI=vp-ci
+NETNS_HV=${HV_PREFIX}hv NETNS_CI=${HV_PREFIX}ci
 NETNS_HV_IP=10.200.0.2 NETNS_CI_IP=10.200.0.1
-NETNS_HV_DEV=vp-hv0 NETNS_CI_DEV=vp-ci0
+NETNS_HV_DEV=${NETNS_HV}0 NETNS_CI_DEV=${NETNS_CI}0
 
 virsh_() { lab_timeout 60 virsh -q -c "$LIBVIRT_URI" "$@"; }
 libvirt_answers() { lab_timeout 10 virsh -c "$LIBVIRT_URI" version >/dev/null 2>&1; }

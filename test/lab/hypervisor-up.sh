@@ -215,23 +215,24 @@ make_qcow2() { # FILE NAME BOOTABLE
   mv "$1.tmp" "$1"
 }
 
+# The data seeds are the default names (vp-qcow2, ...), whatever HV_PREFIX is.
 make_disks() {
+  local v=$VMS_DIR/$HV_PREFIX base=$VMS_DIR/_base/${HV_PREFIX}qcow2.base.raw
   mkdir -p "$VMS_DIR/_base"
   # Writable for qemu (runs as libvirt-qemu): backup scratch files, NBD sockets, overlays.
   chmod 0777 "$VMS_DIR"
   # vp-qcow2: like Nova — a raw image in _base (boot sector + random data), and the
   # instance's qcow2 overlay on it holding the 'Z' megabyte. A reader must flatten both.
-  if [ ! -f "$VMS_DIR/vp-qcow2.qcow2" ]; then
-    [ -f "$VMS_DIR/_base/vp-qcow2.base.raw" ] || make_raw "$VMS_DIR/_base/vp-qcow2.base.raw" vp-qcow2 1 0
-    qemu-img create -q -f qcow2 -o compat=1.1 -F raw -b "$VMS_DIR/_base/vp-qcow2.base.raw" \
-      "$VMS_DIR/vp-qcow2.qcow2.tmp" "$DISK_SIZE"
-    qemu-io -f qcow2 -c 'write -P 0x5a 64M 1M' "$VMS_DIR/vp-qcow2.qcow2.tmp" >/dev/null
-    mv "$VMS_DIR/vp-qcow2.qcow2.tmp" "$VMS_DIR/vp-qcow2.qcow2"
+  if [ ! -f "${v}qcow2.qcow2" ]; then
+    [ -f "$base" ] || make_raw "$base" vp-qcow2 1 0
+    qemu-img create -q -f qcow2 -o compat=1.1 -F raw -b "$base" "${v}qcow2.qcow2.tmp" "$DISK_SIZE"
+    qemu-io -f qcow2 -c 'write -P 0x5a 64M 1M' "${v}qcow2.qcow2.tmp" >/dev/null
+    mv "${v}qcow2.qcow2.tmp" "${v}qcow2.qcow2"
   fi
-  [ -f "$VMS_DIR/vp-raw.raw" ] || make_raw "$VMS_DIR/vp-raw.raw" vp-raw 1
-  make_qcow2 "$VMS_DIR/vp-two.vda.qcow2" vp-two.vda 1
-  make_qcow2 "$VMS_DIR/vp-two.vdb.qcow2" vp-two.vdb 0
-  make_qcow2 "$VMS_DIR/vp-agent.qcow2" vp-agent 1
+  [ -f "${v}raw.raw" ] || make_raw "${v}raw.raw" vp-raw 1
+  make_qcow2 "${v}two.vda.qcow2" vp-two.vda 1
+  make_qcow2 "${v}two.vdb.qcow2" vp-two.vdb 0
+  make_qcow2 "${v}agent.qcow2" vp-agent 1
 }
 
 # ---------------------------------------------------------------- ceph for vp-rbd
@@ -247,7 +248,7 @@ ensure_ceph_secret() {
     virsh_ secret-define /dev/stdin >/dev/null <<EOF
 <secret ephemeral='no' private='no'>
   <uuid>$CEPH_LIBVIRT_SECRET_UUID</uuid>
-  <usage type='ceph'><name>client.volumes secret</name></usage>
+  <usage type='ceph'><name>client.volumes secret (vprotect lab $LAB)</name></usage>
 </secret>
 EOF
     touch "$LAB_STATE/created-libvirt-secret"
@@ -260,24 +261,26 @@ EOF
 rbd_v() { lab_timeout 120 rbd --conf "$CEPH_CONF" --id volumes --keyring "$CEPH_DIR/keyrings/ceph.client.volumes.keyring" "$@"; }
 
 ensure_rbd_disk() {
-  rbd_v info vms/vp-rbd-disk >/dev/null 2>&1 && return 0
-  make_raw "$VMS_DIR/vp-rbd.import.raw" vp-rbd 1
-  rbd_v import --no-progress "$VMS_DIR/vp-rbd.import.raw" vms/vp-rbd-disk >/dev/null
-  rm -f "$VMS_DIR/vp-rbd.import.raw"
+  rbd_v info "$RBD_IMAGE" >/dev/null 2>&1 && return 0
+  make_raw "$VMS_DIR/rbd-import.raw" vp-rbd 1
+  rbd_v import --no-progress "$VMS_DIR/rbd-import.raw" "$RBD_IMAGE" >/dev/null
+  rm -f "$VMS_DIR/rbd-import.raw"
 }
 
 # ---------------------------------------------------------------- domains
 
-render_domain() { # NAME DOMTYPE -> rendered XML in $LAB/domains/NAME.xml
+render_domain() { # KIND DOMTYPE -> rendered XML in $LAB/domains/NAME.xml
+  local name=$HV_PREFIX$1
   mkdir -p "$LAB/domains"
-  sed -e "s|@DOMTYPE@|$2|g; s|@VMS@|$VMS_DIR|g; s|@SECRET_UUID@|$CEPH_LIBVIRT_SECRET_UUID|g" \
-    -e "s|@MON_PORT@|$CEPH_MON_PORT_V1|g" "$LAB_SRC/domains/$1.xml" >"$LAB/domains/$1.xml"
+  sed -e "s|@NAME@|$name|g; s|@DOMTYPE@|$2|g; s|@VMS@|$VMS_DIR|g" \
+    -e "s|@SECRET_UUID@|$CEPH_LIBVIRT_SECRET_UUID|g; s|@MON_PORT@|$CEPH_MON_PORT_V1|g" \
+    "$LAB_SRC/domains/vp-$1.xml" >"$LAB/domains/$name.xml"
 }
 
 # Define (if missing, or if defined for the other accelerator and not running) and start.
-ensure_domain() { # NAME DOMTYPE
-  local name=$1 type=$2 xml
-  render_domain "$name" "$type"
+ensure_domain() { # KIND DOMTYPE
+  local name=$HV_PREFIX$1 type=$2 xml
+  render_domain "$1" "$type"
   if dom_defined "$name" && ! dom_running "$name"; then
     xml=$(virsh_ dumpxml --inactive "$name")
     if [[ "$xml" != *"<domain type='$type'"* ]]; then
@@ -347,8 +350,8 @@ publish() { # ACCEL DOMAINS...
 
 # Everything that should run does: nothing to do (keeps a re-run well under a second).
 all_up() {
-  local want=(vp-qcow2 vp-raw vp-two vp-agent) running name
-  ceph_ready && want+=(vp-rbd)
+  local want=("${HV_KINDS[@]/#/$HV_PREFIX}") running name
+  ceph_ready && want+=("${HV_PREFIX}rbd")
   [ -f "$HV_READY" ] && [ -f "$LAB_STATE/accel" ] && lab_running sshd || return 1
   [ "${HV_NETNS:-1}" != 1 ] || lab_running sshd-netns || return 1
   lab_running libvirtd || foreign_daemon libvirtd || return 1
@@ -363,7 +366,7 @@ main() {
     log "hypervisor is up (no-op): accel=$(cat "$LAB_STATE/accel")"
     return 0
   fi
-  local t0=$SECONDS accel domtype name domains=()
+  local t0=$SECONDS accel domtype kind domains=()
   rm -f "$HV_READY"
 
   start_sshd
@@ -379,15 +382,15 @@ main() {
 
   make_disks
   log "disks ready (+$((SECONDS - t0)) s)"
-  for name in vp-qcow2 vp-raw vp-two vp-agent; do
-    ensure_domain "$name" "$domtype"
-    domains+=("$name")
+  for kind in "${HV_KINDS[@]}"; do
+    ensure_domain "$kind" "$domtype"
+    domains+=("$HV_PREFIX$kind")
   done
   if ceph_ready; then
     ensure_ceph_secret
     ensure_rbd_disk
-    ensure_domain vp-rbd "$domtype"
-    domains+=(vp-rbd)
+    ensure_domain rbd "$domtype"
+    domains+=("${HV_PREFIX}rbd")
   else
     log "ceph is not ready: vp-rbd skipped (run ceph-up.sh, then this again)"
   fi
