@@ -25,9 +25,20 @@ export interface BackupTarget {
   hypervisor?: HypervisorConfig;
   /** libvirt domain name (Nova's OS-EXT-SRV-ATTR:instance_name). */
   domain?: string;
+  /**
+   * The disks as the cloud describes them, when known (from Nova BDMs + Cinder, see `vprotect
+   * sync`). A strategy may discover them itself instead (libvirt-ssh reads the domain XML).
+   */
+  disks?: TargetDisk[];
   /** Cloud-side description (typed by src/openstack), when the VM comes from Nova. */
   cloudRecord?: unknown;
 }
+
+/** Where a disk's bytes live. `key` is its name in the repository (vda, volume-<id>, ...). */
+export type TargetDisk =
+  | { key: string; kind: 'rbd'; pool: string; image: string; cephCluster?: string; volumeId?: string; bootIndex?: number }
+  | { key: string; kind: 'file'; path: string; format: 'qcow2' | 'raw'; bootIndex?: number }
+  | { key: string; kind: 'volume'; volumeId: string; bootIndex?: number };
 
 /** The previous complete point of this VM, as the repository recorded it. */
 export interface PreviousPoint {
