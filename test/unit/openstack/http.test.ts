@@ -191,10 +191,10 @@ describe('tokens', () => {
     const session = await Session.open(settings(), { log, retry: FAST_RETRY, now: () => now });
     const c = new ServiceClient(session, 'compute');
     await getServer(c);
-    now += 50_000; // 10 s left of 60: more than the 6 s margin
+    now += 45_000; // 15 s left of 60: more than the 10 s margin
     await getServer(c);
     expect(cloud.count('POST', /auth\/tokens/)).toBe(1);
-    now += 5_000; // 5 s left: renew first
+    now += 6_000; // 9 s left: renew first
     await getServer(c);
     expect(cloud.count('POST', /auth\/tokens/)).toBe(2);
     expect(cloud.count('GET', /servers\/x$/)).toBe(3); // no request was sent with a stale token
@@ -269,6 +269,16 @@ describe('pagination', () => {
     cloud.json('GET', /\/compute\/v2\.1\/servers\/detail$/, { servers: [{ name: 'a' }], servers_links: [{ rel: 'next', href: '/servers/detail?marker=a' }] });
     const c = await compute();
     await expect(c.all('/servers/detail', { itemsKey: 'servers', parse: (r) => r.str('name') })).rejects.toThrow(/next-page link repeats/);
+  });
+});
+
+describe('refresh margin', () => {
+  it('10 % of the lifetime, between 10 s and 5 min, at most half of a very short one', async () => {
+    const { refreshMargin } = await import('../../../src/openstack/auth.js');
+    expect(refreshMargin(3_600_000)).toBe(300_000);
+    expect(refreshMargin(600_000)).toBe(60_000);
+    expect(refreshMargin(60_000)).toBe(10_000);
+    expect(refreshMargin(8_000)).toBe(4_000);
   });
 });
 
