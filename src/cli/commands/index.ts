@@ -4,10 +4,12 @@
  */
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
+import { backupCommands } from './backup.js';
 import { inventoryCommands } from './inventory.js';
+import { repositoryCommands } from './repository.js';
 
 /** Wraps a lazily loaded action into a commander action handler. */
 export type Bind = (load: () => Promise<Action>) => (...args: unknown[]) => Promise<void>;
 export type CommandGroup = (program: Command, bind: Bind) => void;
 
-export const commandGroups: CommandGroup[] = [inventoryCommands];
+export const commandGroups: CommandGroup[] = [inventoryCommands, backupCommands, repositoryCommands];

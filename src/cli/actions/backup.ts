@@ -1,0 +1,98 @@
+/**
+ * `vprotect backup`: turns the command line into run items (target + strategy + repository),
+ * runs them, prints one summary. Events stream as JSON lines with --json.
+ */
+import { UsageError } from '../../errors.js';
+import type { BackupLevel, Inventory, PolicyConfig, StrategyName } from '../../inventory/types.js';
+import type { Repository } from '../../repository/repository.js';
+import type { BackupTarget } from '../../strategy/contract.js';
+import { runBackups, type RunItem, type RunReport } from '../../engine/run.js';
+import { loadStrategy } from '../../../strategies/index.js';
+import type { CliContext } from '../context.js';
+import type { Action } from '../main.js';
+import { bytes, openRepo } from './repository-common.js';
+
+export const backup: Action = async (ctx, _args, opts) => {
+  const inv = await ctx.loadInventory();
+  const policy = findPolicy(inv, opts['policy'] as string | undefined);
+  const level = opts['level'] as BackupLevel;
+  const targets = explicitTargets(inv, opts);
+  if (targets.length === 0) {
+    throw new UsageError('say what to back up', { hint: 'use --domain NAME (libvirt-ssh) or --rbd POOL/IMAGE (ceph-rbd)' });
+  }
+  const destination = (opts['destination'] as string | undefined) ?? policy?.destination;
+  const repo: Repository = await openRepo(ctx, { destination }, { create: true });
+  const items: RunItem[] = [];
+  for (const { target, strategy } of targets) {
+    items.push({ target, strategy: await loadStrategy(strategy), repo, policy, options: policy?.strategy === strategy ? (policy.strategyOptions ?? {}) : {} });
+  }
+  if (ctx.dryRun) {
+    ctx.out.result({ dryRun: true, destination: repo.root, level, vms: items.map((i) => ({ vmId: i.target.vmId, vmName: i.target.vmName, strategy: i.strategy.name })) }, (d) =>
+      d.vms.map((v) => `would back up ${v.vmName} (${v.strategy}, ${level}) to ${d.destination}`).join('\n'),
+    );
+    return;
+  }
+  const report = await runBackups(items, { level, command: commandLine(opts), base: { log: ctx.log, events: ctx.events, signal: ctx.signal, dryRun: false, inventory: inv, env: ctx.env } });
+  printSummary(ctx, report);
+};
+
+function printSummary(ctx: CliContext, report: RunReport): void {
+  if (ctx.out.json) {
+    ctx.out.jsonLine({ type: 'summary', ok: report.ok, failed: report.failed });
+    return;
+  }
+  ctx.out.result(report, (r, c) =>
+    r.ok
+      .map((v) => {
+        const stored = v.disks.reduce((n, d) => n + d.storedBytes, 0);
+        const disks = v.disks.map((d) => `${d.key} ${d.level} ${bytes(d.changedBytes)} changed, ${bytes(d.storedBytes)} stored`).join('; ');
+        return `${c.green('ok')} ${v.vmName}: ${v.level} point ${v.pointId} (${v.consistency?.level ?? "crash"}-consistent) ${bytes(stored)} in ${v.seconds.toFixed(1)} s — ${disks}`;
+      })
+      .join('\n'),
+  );
+}
+
+function findPolicy(inv: Inventory, name: string | undefined): PolicyConfig | undefined {
+  if (name === undefined) return undefined;
+  const p = inv.policies.find((x) => x.name === name);
+  if (!p) throw new UsageError(`no policy "${name}" in ${inv.file}`, { hint: `policies: ${inv.policies.map((x) => x.name).join(', ') || 'none'}` });
+  return p;
+}
+
+/** Targets named on the command line, outside any cloud. */
+function explicitTargets(inv: Inventory, opts: Record<string, unknown>): { target: BackupTarget; strategy: StrategyName }[] {
+  const out: { target: BackupTarget; strategy: StrategyName }[] = [];
+  const domain = opts['domain'] as string | undefined;
+  if (domain !== undefined) {
+    const hvName = opts['hypervisor'] as string | undefined;
+    const hv = hvName === undefined ? onlyOne(inv.hypervisors, 'hypervisor', '--hypervisor') : inv.hypervisors.find((h) => h.name === hvName);
+    if (!hv) throw new UsageError(`no hypervisor "${hvName}" in ${inv.file}`, { hint: `hypervisors: ${inv.hypervisors.map((h) => h.name).join(', ') || 'none'}` });
+    out.push({ target: { vmId: domain, vmName: domain, hypervisor: hv, domain }, strategy: 'libvirt-ssh' });
+  }
+  const rbd = opts['rbd'] as string | undefined;
+  if (rbd !== undefined) {
+    const m = /^([^/@]+)\/([^/@]+)$/.exec(rbd);
+    if (!m) throw new UsageError(`--rbd ${rbd}: expected POOL/IMAGE`);
+    const clusters = Object.keys(inv.cephClusters);
+    const cluster = (opts['ceph'] as string | undefined) ?? onlyOne(clusters, 'Ceph cluster', '--ceph');
+    if (!clusters.includes(cluster)) throw new UsageError(`no Ceph cluster "${cluster}" in ${inv.file}`, { hint: `cephClusters: ${clusters.join(', ') || 'none'}` });
+    const [, pool, image] = m as unknown as [string, string, string];
+    out.push({
+      target: { vmId: `rbd.${pool}.${image}`, vmName: `${pool}/${image}`, disks: [{ key: image, kind: 'rbd', pool, image, cephCluster: cluster }] },
+      strategy: 'ceph-rbd',
+    });
+  }
+  return out;
+}
+
+function onlyOne<T>(items: T[], what: string, flag: string): T {
+  if (items.length !== 1) throw new UsageError(`the inventory has ${items.length} ${what}s; choose one with ${flag}`);
+  return items[0]!;
+}
+
+/** The command recorded in lock owner files (no secrets: only our own options). */
+function commandLine(opts: Record<string, unknown>): string {
+  const parts = ['vprotect backup'];
+  for (const k of ['policy', 'domain', 'rbd', 'level'] as const) if (opts[k] !== undefined) parts.push(`--${k} ${String(opts[k])}`);
+  return parts.join(' ');
+}
