@@ -24,6 +24,11 @@ export interface BeginPointOptions {
   project?: string;
   cloud?: string;
   level: PointLevel;
+  /**
+   * The point's id when the caller chose it (the engine does, before the snapshot, so the
+   * source snapshot can carry it); must be a valid point id not used yet. Default: a new one.
+   */
+  pointId?: string;
   /** Required for an incremental: the point it is relative to (normally lastCompletePoint). */
   parentPointId?: string;
   /** cloud, region, project, server id/name, host (informative, stored in the manifest). */

@@ -287,9 +287,11 @@ export class Repository {
       } else if (opts.parentPointId) {
         throw new UsageError('a full point has no parent');
       }
-      let pointId = newPointId(opts.now ?? new Date());
+      if (opts.pointId !== undefined && !isPointId(opts.pointId)) throw new UsageError(`"${opts.pointId}" is not a point id`);
+      let pointId = opts.pointId ?? newPointId(opts.now ?? new Date());
       const chainId = parent ? parent.chainId : pointId;
       let dir = layout.pointDir(this.root, opts.vmId, chainId, pointId);
+      if (opts.pointId !== undefined && (await exists(dir))) throw new UsageError(`point ${opts.pointId} of VM ${opts.vmId} exists already`);
       while (await exists(dir)) {
         pointId = newPointId(opts.now ?? new Date());
         dir = layout.pointDir(this.root, opts.vmId, parent ? chainId : pointId, pointId);
