@@ -14,8 +14,11 @@ export interface CommandOptions {
   timeoutMs?: number;
   /** Kill the program when this fires; the promise rejects with the signal's reason. */
   signal?: AbortSignal;
-  /** Bytes or text written to the program's stdin, which is then closed. Default: no stdin. */
-  input?: string | Buffer;
+  /**
+   * Bytes or text written to the program's stdin, which is then closed; a Readable is piped in
+   * with backpressure (`rbd import-diff -` fed from the chain reader). Default: no stdin.
+   */
+  input?: string | Buffer | Readable;
   cwd?: string;
   /** Extra environment variables, added to the inherited environment. */
   env?: Readonly<Record<string, string | undefined>>;
