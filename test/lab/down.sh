@@ -5,7 +5,8 @@
 #
 # --wipe: also delete everything the lab created — $LAB, the files it put in /etc/ceph, the
 # sample domains and secret in libvirt, libvirt's capability cache — so the machine is as it was
-# (installed packages stay). LAB_OPENSTACK=0 leaves the OpenStack part alone (then $LAB stays).
+# (installed packages stay). LAB_OPENSTACK=0 leaves the OpenStack part alone (and then keeps
+# $LAB if the OpenStack part has data there).
 . "$(dirname "$0")/lib.sh"
 
 wipe=()
@@ -23,8 +24,8 @@ bash "$LAB_SRC/hypervisor-down.sh" "${wipe[@]}" || rc=1
 bash "$LAB_SRC/ceph-down.sh" "${wipe[@]}" || rc=1
 
 if [ ${#wipe[@]} -gt 0 ] && [ $rc = 0 ]; then
-  if [ "${LAB_OPENSTACK:-1}" = 0 ] && [ -f "$LAB_SRC/openstack-down.sh" ]; then
-    log "LAB_OPENSTACK=0: $LAB kept (the OpenStack part's data lives there)"
+  if [ "${LAB_OPENSTACK:-1}" = 0 ] && [ -d "$LAB/openstack" ]; then
+    log "LAB_OPENSTACK=0: $LAB kept (the OpenStack part's data lives in $LAB/openstack)"
   else
     # Last check: nothing the lab started may still run before its pid files go.
     for f in "$LAB_PIDS"/*.pid; do

@@ -36,17 +36,18 @@ ensure_libvirt_for_cleanup() {
 }
 
 clean_domains() {
-  local name
+  local name others=()
+  read_dom_states
   for name in "${HV_DOMAINS[@]}"; do
-    dom_defined "$name" || continue
-    dom_running "$name" && virsh_ destroy "$name" >/dev/null
+    [ -n "${DOM_STATE[$name]:-}" ] || continue
+    [ "${DOM_STATE[$name]}" = running ] && virsh_ destroy "$name" >/dev/null
     if [ $wipe = 1 ]; then
       virsh_ undefine "$name" --checkpoints-metadata --snapshots-metadata >/dev/null
     fi
+    unset "DOM_STATE[$name]"
   done
-  local others
-  others=$(virsh_ list --name --state-running 2>/dev/null | grep -v '^$' | xargs) || true
-  [ -z "$others" ] || log "other domains still run on this libvirtd (not the lab's, left alone): $others"
+  for name in "${!DOM_STATE[@]}"; do [ "${DOM_STATE[$name]}" = running ] && others+=("$name"); done
+  [ ${#others[@]} = 0 ] || log "other domains still run on this libvirtd (not the lab's, left alone): ${others[*]}"
 }
 
 wipe_ceph_bits() {

@@ -238,6 +238,11 @@ make_disks() {
 # ---------------------------------------------------------------- ceph for vp-rbd
 
 ceph_ready() { [ -f "$CEPH_READY" ] && lab_running ceph-mon; }
+ceph_fsid() { awk '$1 == "fsid" {print $3}' "$CEPH_CONF"; }
+# The cluster vp-rbd was set up against; after a Ceph rebuild (CEPH_FRESH=1) its disk, key and
+# qemu's connection are gone, so the domain is set up again.
+RBD_FSID_FILE=$LAB_STATE/hypervisor-rbd-fsid
+rbd_cluster_changed() { [ "$(cat "$RBD_FSID_FILE" 2>/dev/null)" != "$(ceph_fsid)" ]; }
 
 # The libvirt secret holding client.volumes' key (value re-set every time: a rebuilt cluster
 # has a new key). virsh secret-set-value --file takes the BASE64 key; --plain would encode it
@@ -279,17 +284,20 @@ render_domain() { # KIND DOMTYPE -> rendered XML in $LAB/domains/NAME.xml
 
 # Define (if missing, or if defined for the other accelerator and not running) and start.
 ensure_domain() { # KIND DOMTYPE
-  local name=$HV_PREFIX$1 type=$2 xml
+  local name=$HV_PREFIX$1 type=$2 state xml
+  state=${DOM_STATE[$name]:-}
+  [ "$state" = running ] && return 0
   render_domain "$1" "$type"
-  if dom_defined "$name" && ! dom_running "$name"; then
+  if [ -n "$state" ]; then
     xml=$(virsh_ dumpxml --inactive "$name")
     if [[ "$xml" != *"<domain type='$type'"* ]]; then
       log "$name was defined for another accelerator: redefining as type $type"
       virsh_ undefine "$name" --checkpoints-metadata --snapshots-metadata >/dev/null
+      state=
     fi
   fi
-  dom_defined "$name" || virsh_ define "$LAB/domains/$name.xml" >/dev/null
-  dom_running "$name" || virsh_ start "$name" >/dev/null
+  [ -n "$state" ] || virsh_ define "$LAB/domains/$name.xml" >/dev/null
+  virsh_ start "$name" >/dev/null
 }
 
 # ---------------------------------------------------------------- lab.json
@@ -297,8 +305,9 @@ ensure_domain() { # KIND DOMTYPE
 # One entry per domain: its disks as the test sees them — {target, path, format, backing?} for
 # files, {target, rbd: "pool/image", format} for Ceph — read from the live domain XML.
 domains_json() {
-  local name
-  for name in "$@"; do virsh_ dumpxml "$name"; echo; echo '<!--END-->'; done | /usr/bin/python3 -c '
+  local name cmds=
+  for name in "$@"; do cmds+="dumpxml $name; echo '<!--END-->'; "; done
+  virsh_ "$cmds" | /usr/bin/python3 -c '
 import json, sys, xml.etree.ElementTree as ET
 out = []
 for doc in sys.stdin.read().split("<!--END-->"):
@@ -351,7 +360,10 @@ publish() { # ACCEL DOMAINS...
 # Everything that should run does: nothing to do (keeps a re-run well under a second).
 all_up() {
   local want=("${HV_KINDS[@]/#/$HV_PREFIX}") running name
-  ceph_ready && want+=("${HV_PREFIX}rbd")
+  if ceph_ready; then
+    want+=("${HV_PREFIX}rbd")
+    rbd_cluster_changed && return 1
+  fi
   [ -f "$HV_READY" ] && [ -f "$LAB_STATE/accel" ] && lab_running sshd || return 1
   [ "${HV_NETNS:-1}" != 1 ] || lab_running sshd-netns || return 1
   lab_running libvirtd || foreign_daemon libvirtd || return 1
@@ -382,14 +394,21 @@ main() {
 
   make_disks
   log "disks ready (+$((SECONDS - t0)) s)"
+  read_dom_states
   for kind in "${HV_KINDS[@]}"; do
     ensure_domain "$kind" "$domtype"
     domains+=("$HV_PREFIX$kind")
   done
   if ceph_ready; then
+    if rbd_cluster_changed && [ "${DOM_STATE[${HV_PREFIX}rbd]:-}" = running ]; then
+      log "Ceph was rebuilt: restarting ${HV_PREFIX}rbd on a new disk"
+      virsh_ destroy "${HV_PREFIX}rbd" >/dev/null
+      DOM_STATE[${HV_PREFIX}rbd]="shut off"
+    fi
     ensure_ceph_secret
     ensure_rbd_disk
     ensure_domain rbd "$domtype"
+    ceph_fsid >"$RBD_FSID_FILE"
     domains+=("${HV_PREFIX}rbd")
   else
     log "ceph is not ready: vp-rbd skipped (run ceph-up.sh, then this again)"

@@ -53,12 +53,11 @@ names() {
 }
 
 domains_state() {
-  local list
-  list=$(virsh_ list --all 2>/dev/null) || { echo '[]'; return; }
-  printf '%s\n' "${HV_DOMAINS[@]}" | jq -R . | jq -sc --arg list "$list" '
-    ($list | split("\n") | map(capture("^\\s*(?<id>\\S+)\\s+(?<name>\\S+)\\s+(?<state>.+?)\\s*$")?)
-      | map({(.name): .state}) | add // {}) as $st
-    | map({name: ., state: ($st[.] // "undefined")})'
+  libvirt_answers || { echo '[]'; return; }
+  read_dom_states
+  local name
+  for name in "${HV_DOMAINS[@]}"; do printf '%s\t%s\n' "$name" "${DOM_STATE[$name]:-undefined}"; done |
+    jq -R 'split("\t") | {name: .[0], state: .[1]}' | jq -sc .
 }
 
 ready() { [ -f "$LAB_STATE/$1.ready" ] && echo true || echo false; }
