@@ -28,20 +28,23 @@ export interface CliContext extends RunContext {
 
 export interface ProcessIo {
   env: Environment;
-  stdout: NodeJS.WriteStream;
-  stderr: NodeJS.WriteStream;
+  /** Writes text results to stdout (kept lazy: see data-stdout.ts for why stdout is not touched early). */
+  writeStdout: (text: string) => void;
+  stdoutIsTty: boolean;
+  stderr: NodeJS.WritableStream;
+  stderrIsTty: boolean;
   signal: AbortSignal;
 }
 
 export async function createContext(cmd: Command, io: ProcessIo): Promise<CliContext> {
   const g = cmd.optsWithGlobals<GlobalOptions>();
   if (g.quiet && g.verbose) throw new UsageError('--quiet and --verbose cannot be used together');
-  const color = g.color !== false && !io.env['NO_COLOR'] && io.stderr.isTTY === true;
+  const color = g.color !== false && !io.env['NO_COLOR'] && io.stderrIsTty;
   const json = g.json === true;
-  const out = new Output({ json, quiet: g.quiet === true, color: color && io.stdout.isTTY === true, stdout: (t) => void io.stdout.write(t) });
+  const out = new Output({ json, quiet: g.quiet === true, color: color && io.stdoutIsTty, stdout: io.writeStdout });
 
   // Bars only for a person watching: a TTY on stderr, not in CI, not in --json or --quiet mode.
-  const tty = io.stderr.isTTY === true && !io.env['CI'] && !json && !g.quiet;
+  const tty = io.stderrIsTty && !io.env['CI'] && !json && !g.quiet;
   let log: Logger | undefined;
   const renderer: ProgressRenderer = await createProgressRenderer({ tty, log: () => log!, stream: io.stderr });
   log = createStderrLogger({ write: (t) => renderer.writeLog(t), level: g.verbose ? 'debug' : g.quiet ? 'warn' : 'info', color });

@@ -3,6 +3,7 @@
  * touches `process`: argv, stdout/stderr, environment, signals and the exit code.
  * Command modules are imported lazily so that `vprotect --help` loads no heavy dependency.
  */
+import { isatty } from 'node:tty';
 import { Command, CommanderError, Option } from 'commander';
 import { InterruptedError, UsageError } from '../errors.js';
 import { VERSION } from '../version.js';
@@ -29,7 +30,16 @@ export async function main(argv: string[] = process.argv): Promise<void> {
   const json = argv.includes('--json');
   let ctx: CliContext | undefined;
   const program = buildProgram(async (cmd, action, args, opts) => {
-    ctx = await createContext(cmd, { env: process.env, stdout: process.stdout, stderr: process.stderr, signal: controller.signal });
+    ctx = await createContext(cmd, {
+      env: process.env,
+      // isatty(1) instead of process.stdout.isTTY: creating process.stdout makes fd 1 a
+      // synchronous libuv stream, which commands that stream data to stdout must avoid.
+      writeStdout: (text) => void process.stdout.write(text),
+      stdoutIsTty: isatty(1),
+      stderr: process.stderr,
+      stderrIsTty: isatty(2),
+      signal: controller.signal,
+    });
     await action(ctx, args, opts);
     if (controller.signal.aborted) throw controller.signal.reason;
   });
@@ -50,6 +60,9 @@ export async function main(argv: string[] = process.argv): Promise<void> {
   } finally {
     ctx?.close();
   }
+  // After a signal, leave now: a write blocked on a full pipe or a hung connection must not keep
+  // the process alive once cleanup has run.
+  if (controller.signal.aborted) process.exit(process.exitCode);
 }
 
 function report(err: unknown, json: boolean, verbose: boolean): void {

@@ -5,7 +5,8 @@
  */
 import { rename, rm } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
-import { throwIfAborted, UsageError } from '../errors.js';
+import { once } from 'node:events';
+import { DestinationError, throwIfAborted, UsageError } from '../errors.js';
 import type { EventSink } from '../log.js';
 import { runCommand, type CommandOptions, type CommandResult } from '../transport/command.js';
 import type { DiskReader } from './chain-reader.js';
@@ -110,11 +111,24 @@ export class StreamTarget implements RestoreTarget {
 
   async restore(reader: DiskReader, ctx: RestoreContext): Promise<RestoreResult> {
     let dataBytes = 0;
-    const write = (b: Buffer) =>
-      new Promise<void>((resolve, reject) => {
-        const ok = this.stream.write(b, (err) => (err ? reject(err) : ok && resolve()));
-        if (!ok) this.stream.once('drain', resolve);
-      });
+    // A write error (EPIPE: the reader went away) may arrive while no write is pending.
+    let failure: Error | undefined;
+    const onError = (err: Error) => (failure ??= err);
+    this.stream.on('error', onError);
+    const broken = (err: Error) =>
+      new DestinationError(`cannot write to ${this.name}: ${(err as NodeJS.ErrnoException).code === 'EPIPE' ? 'the reading end was closed' : err.message}`, { cause: err });
+    // Wait for 'drain' only when the stream asks for it; a signal (Ctrl-C) ends the wait too,
+    // so a reader that stopped reading cannot hold the process forever.
+    const write = async (b: Buffer) => {
+      if (failure) throw broken(failure);
+      if (this.stream.write(b)) return;
+      try {
+        await once(this.stream, 'drain', ctx.signal ? { signal: ctx.signal } : {});
+      } catch (err) {
+        throwIfAborted(ctx.signal);
+        throw broken(err as Error);
+      }
+    };
     for await (const e of reader.extents({ signal: ctx.signal })) {
       if (e.data) {
         await write(e.data);
@@ -127,6 +141,7 @@ export class StreamTarget implements RestoreTarget {
         }
       }
     }
+    this.stream.off('error', onError);
     return { target: this.name, size: reader.size, dataBytes };
   }
 }

@@ -6,6 +6,7 @@ import { UsageError } from '../../errors.js';
 import { openDiskReader } from '../../repository/chain-reader.js';
 import { FileTarget, StreamTarget, type RestoreTarget } from '../../repository/restore.js';
 import type { CliContext } from '../context.js';
+import { dataStdout } from '../data-stdout.js';
 import type { Action } from '../main.js';
 import { bytes, openRepo } from './repository-common.js';
 
@@ -19,7 +20,7 @@ interface TargetEntry {
 
 const targets: TargetEntry[] = [
   { option: 'toFile', flag: '--to-file', make: (o) => new FileTarget(String(o['toFile']), o['format'] as 'raw' | 'qcow2') },
-  { option: 'toStdout', flag: '--to-stdout', stdout: true, make: () => new StreamTarget(process.stdout, 'stdout') },
+  { option: 'toStdout', flag: '--to-stdout', stdout: true, make: () => new StreamTarget(dataStdout(), 'stdout') },
 ];
 
 export const restore: Action = async (ctx, _args, opts) => {
