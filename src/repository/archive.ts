@@ -87,10 +87,11 @@ async function readAll(stream: AsyncIterable<unknown>): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-async function* streamExtents(stream: AsyncIterable<Buffer>, signal?: AbortSignal): AsyncGenerator<Extent> {
+async function* streamExtents(stream: AsyncIterable<Buffer>, signal?: AbortSignal, map?: BlockMapBuilder): AsyncGenerator<Extent> {
   let offset = 0;
   for await (const chunk of stream) {
     throwIfAborted(signal);
+    map?.data(offset, chunk);
     yield { offset, length: chunk.length, data: chunk };
     offset += chunk.length;
   }
@@ -105,6 +106,7 @@ export async function importArchive(repo: Repository, input: Readable, opts: { s
   let writer: PointWriter | undefined;
   const disksDone = new Set<string>();
   const mapsChecked = new Set<string>();
+  const computedMaps = new Map<string, string>();
   try {
     for await (const entry of extract) {
       const name = entry.header.name;
@@ -133,11 +135,22 @@ export async function importArchive(repo: Repository, input: Readable, opts: { s
       } else if (raw) {
         const entryDisk = manifest.disks.find((d) => d.key === raw[1]);
         if (!entryDisk) throw new DataCorruptError(`${what}: disk ${raw[1]} is not in the manifest`);
-        await writer!.writeDisk({ key: entryDisk.key, size: entry.header.size ?? 0, sourceFormat: entryDisk.sourceFormat, sourceAnchor: entryDisk.sourceAnchor ?? undefined }, streamExtents(entry as AsyncIterable<Buffer>, opts.signal));
+        // The archive's block map uses the exporting repository's block size; when ours differs,
+        // build one of that size while the data passes (otherwise ours is compared directly).
+        const own = manifest.blockSize === repo.blockSize;
+        const lines: string[] = [];
+        const builder = own ? undefined : new BlockMapBuilder(manifest.blockSize, (d) => lines.push(`${d.toString('hex')}\n`));
+        const size = entry.header.size ?? 0;
+        await writer!.writeDisk(
+          { key: entryDisk.key, size, sourceFormat: entryDisk.sourceFormat, sourceAnchor: entryDisk.sourceAnchor ?? undefined },
+          streamExtents(entry as AsyncIterable<Buffer>, opts.signal, builder),
+        );
+        builder?.finish(size);
+        if (builder) computedMaps.set(entryDisk.key, lines.join(''));
         disksDone.add(entryDisk.key);
       } else if (map) {
         const theirs = (await readAll(entry)).toString('latin1');
-        const ours = await readFile(join(writer!.dir, diskFiles.blockMap(map[1]!)), 'latin1');
+        const ours = computedMaps.get(map[1]!) ?? (await readFile(join(writer!.dir, diskFiles.blockMap(map[1]!)), 'latin1'));
         if (theirs !== ours) throw new DataCorruptError(`${what}: the data of disk ${map[1]} does not match the block map in the archive`);
         mapsChecked.add(map[1]!);
       } else {
