@@ -1,10 +1,10 @@
 /**
- * Minimal access to the lab's OpenStack for these tests (no shared test/helpers/lab.ts existed
- * when they were written). A test that needs the lab fails, never skips, when it is down.
+ * The lab's OpenStack as these tests see it: test/helpers/lab.ts checks that it runs (and
+ * fails the test with "start it with `npm run lab:up`" when not); this adds the typed
+ * description that openstack-up.sh writes to $LAB/openstack.json.
  */
-import { existsSync, readFileSync } from 'node:fs';
-
-export const LAB = process.env['VPROTECT_LAB'] ?? '/tmp/vprotect-lab';
+import { readFileSync } from 'node:fs';
+import { LAB_DIR, requireLab } from '../../helpers/lab.js';
 
 export interface LabUser {
   username: string;
@@ -35,11 +35,8 @@ export interface LabOpenStack {
 
 /** The lab's description; throws (the test fails) when the lab is not up. */
 export function labOpenStack(): LabOpenStack {
-  const ready = `${LAB}/state/openstack.ready`;
-  if (!existsSync(ready) || !existsSync(`${LAB}/openstack.json`)) {
-    throw new Error(`the lab's OpenStack is not running (${ready} missing): start it with \`npm run lab:up\``);
-  }
-  return JSON.parse(readFileSync(`${LAB}/openstack.json`, 'utf8')) as LabOpenStack;
+  requireLab('openstack');
+  return JSON.parse(readFileSync(`${LAB_DIR}/openstack.json`, 'utf8')) as LabOpenStack;
 }
 
 export function appCredentialSecret(lab: LabOpenStack): string {
