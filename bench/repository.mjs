@@ -1,0 +1,127 @@
+#!/usr/bin/env node
+/**
+ * Repository benchmark (not a test): write a full point and restore it, against
+ * `cp --sparse=always` (+ fsync) of the same image as the yardstick.
+ *
+ * The image: --size-mib (1024) logical, about half of it random data in runs of 64 KiB–8 MiB,
+ * the rest holes. vprotect's writer gets the whole image as data extents (the worst case: it has
+ * to find the holes itself) in 4 MiB pieces, like a strategy reading a raw device. Each step runs
+ * in its own child process so its peak RSS is its own. Medians of --runs (3).
+ *
+ *   npm run build && node bench/repository.mjs [--size-mib 1024] [--runs 3] [--dir /var/tmp]
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync, ftruncateSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const dist = (p) => pathToFileURL(join(root, 'dist', 'src', 'repository', p)).href;
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : dflt;
+};
+
+// ---------------------------------------------------------------- child: one measured step
+if (args[0] === '--child') {
+  const [, step, image, repoDir, out] = args;
+  const { openRepository } = await import(dist('repository.js'));
+  const t0 = process.hrtime.bigint();
+  let bytes = 0;
+  if (step === 'write') {
+    const { open } = await import('node:fs/promises');
+    const repo = await openRepository(repoDir, { create: true });
+    const fh = await open(image, 'r');
+    const size = (await fh.stat()).size;
+    async function* extents() {
+      const piece = 4 << 20;
+      for (let off = 0; off < size; off += piece) {
+        const buf = Buffer.allocUnsafe(Math.min(piece, size - off));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, off);
+        yield { offset: off, length: bytesRead, data: buf.subarray(0, bytesRead) };
+      }
+    }
+    const w = await repo.beginPoint({ vmId: 'bench', level: 'full' });
+    await w.writeDisk({ key: 'vda', size }, extents());
+    await w.commit();
+    await fh.close();
+    bytes = size;
+  } else if (step === 'restore') {
+    const { openDiskReader } = await import(dist('chain-reader.js'));
+    const { restoreToRawFile } = await import(dist('restore.js'));
+    const repo = await openRepository(repoDir);
+    const last = await repo.lastCompletePoint('bench');
+    const reader = await openDiskReader(repo, last, 'vda');
+    await restoreToRawFile(reader, out, {});
+    await reader.close();
+    bytes = reader.size;
+  } else if (step === 'cp') {
+    execFileSync('cp', ['--sparse=always', image, out]);
+    execFileSync('sync', [out]); // fsync, as the repository does
+    bytes = statSync(image).size;
+  }
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const usage = process.resourceUsage();
+  process.stdout.write(JSON.stringify({ step, bytes, seconds, maxRssKiB: usage.maxRSS, userS: usage.userCPUTime / 1e6, sysS: usage.systemCPUTime / 1e6 }) + '\n');
+  process.exit(0);
+}
+
+// ---------------------------------------------------------------- parent
+const sizeMiB = Number(opt('size-mib', '1024'));
+const runs = Number(opt('runs', '3'));
+const work = mkdtempSync(join(opt('dir', '/var/tmp'), 'vprotect-bench-repo-'));
+const image = join(work, 'source.raw');
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+try {
+  // Source image: random data runs and holes, deterministic layout.
+  let seed = 12345;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const size = sizeMiB << 20;
+  const fd = openSync(image, 'w');
+  ftruncateSync(fd, size);
+  let dataBytes = 0;
+  for (let off = 0; off < size; ) {
+    const run = Math.min(size - off, (64 << 10) * (1 + Math.floor(rand() * 128)));
+    if (rand() < 0.5) {
+      for (let at = 0; at < run; at += 4 << 20) writeSync(fd, randomBytes(Math.min(4 << 20, run - at)), 0, Math.min(4 << 20, run - at), off + at);
+      dataBytes += run;
+    }
+    off += run;
+  }
+  closeSync(fd);
+  execFileSync('sync', [image]);
+  console.log(`image: ${sizeMiB} MiB logical, ${(dataBytes / 2 ** 20).toFixed(0)} MiB data, ${runs} runs each, in ${work}`);
+
+  const step = (name, i) => {
+    const repoDir = join(work, `repo-${i}`);
+    const out = join(work, `out-${name}-${i}.raw`);
+    if (name === 'restore') rmSync(out, { force: true });
+    const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', name, image, repoDir, out], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${name} failed: ${r.stderr}`);
+    rmSync(out, { force: true });
+    return JSON.parse(r.stdout.trim().split('\n').at(-1));
+  };
+  const results = { cp: [], write: [], restore: [] };
+  for (let i = 0; i < runs; i++) {
+    results.cp.push(step('cp', i));
+    results.write.push(step('write', i));
+    results.restore.push(step('restore', i));
+    rmSync(join(work, `repo-${i}`), { recursive: true, force: true });
+  }
+  const cpS = median(results.cp.map((r) => r.seconds));
+  const row = (name) => {
+    const s = median(results[name].map((r) => r.seconds));
+    const rss = Math.max(...results[name].map((r) => r.maxRssKiB)) / 1024;
+    const cpu = median(results[name].map((r) => r.userS + r.sysS));
+    return { step: name, seconds: +s.toFixed(3), logicalGBps: +(size / s / 1e9).toFixed(2), dataGBps: +(dataBytes / s / 1e9).toFixed(2), vsCp: +(cpS / s).toFixed(2), peakRssMiB: +rss.toFixed(0), cpuS: +cpu.toFixed(2) };
+  };
+  const table = ['cp', 'write', 'restore'].map(row);
+  console.table(table);
+  console.log('vsCp = speed relative to `cp --sparse=always` + fsync of the same image (1.00 = as fast; higher is faster)');
+  console.log(JSON.stringify({ bench: 'repository', sizeMiB, dataMiB: Math.round(dataBytes / 2 ** 20), runs, results: table }));
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
