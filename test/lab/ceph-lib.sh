@@ -37,19 +37,18 @@ stop_all() {
   for d in ceph-osd ceph-mgr ceph-mon; do lab_stop "$d"; done
 }
 
-osd_up() {
-  local out; out=$(ceph_admin osd dump --format json) || return 1
-  jq -e '.osds | length > 0 and all(.up == 1 and .in == 1)' <<<"$out" >/dev/null
-}
-pgs_clean() {
-  local out; out=$(ceph_admin pg stat --format json) || return 1
-  jq -e '(.pg_summary // .) as $s | $s.num_pgs > 0 and
-    ([$s.num_pg_by_state[] | select(.name != "active+clean") | .num] | add // 0) == 0' \
-    <<<"$out" >/dev/null
+# Ready = every PG of the three pools answers: `rados ls` visits every PG of a pool, and blocks
+# while one is inactive (so: a deadline). rados is C++ (~50 ms); the `ceph` CLI is Python
+# (0.4-1 s) and `ceph pg stat` even waits for the mgr to become active and collect stats.
+CEPH_POOLS=(volumes images vms)
+pools_readable() {
+  local p
+  for p in "${CEPH_POOLS[@]}"; do
+    lab_timeout 10 rados --conf "$CEPH_CONF" --name client.admin \
+      --keyring "$CEPH_DIR/keyrings/ceph.client.admin.keyring" -p "$p" ls >/dev/null 2>&1 || return 1
+  done
 }
 
-# Ours = our manifest names this $LAB, or (crash between the two writes) the conf carries our
-# header and this cluster's directory.
 etc_ceph_is_ours() {
   if [ -f "$ETC_CEPH_MANIFEST" ]; then
     grep -qF "($LAB)" "$ETC_CEPH_MANIFEST"

@@ -139,14 +139,13 @@ build_cluster() {
     || { tail -20 "$CEPH_DIR/log/mkfs.log" >&2; die "ceph-osd --mkfs failed"; }
   start_mgr
   start_osd
-  wait_for "osd.0 up" 90 osd_up
   local pool
-  for pool in volumes images vms; do
+  for pool in "${CEPH_POOLS[@]}"; do
     # size/min_size 1 come from osd_pool_default_size (needs mon_allow_pool_size_one)
     ceph_admin osd pool create "$pool" 8 8 replicated >/dev/null 2>&1 || die "pool create $pool failed"
     ceph_admin osd pool application enable "$pool" rbd >/dev/null 2>&1 || die "application enable $pool failed"
   done
-  wait_for "all PGs active+clean" 120 pgs_clean
+  wait_for "the pools' PGs to become active" 180 pools_readable
   # Written last: its presence means "a complete cluster exists here" (restart, don't rebuild).
   echo "$store" >"$CEPH_DIR/objectstore"
   log "cluster built in $((SECONDS - t0)) s"
@@ -170,8 +169,7 @@ restart_cluster() {
   start_mon
   start_mgr
   start_osd
-  wait_for "osd.0 up" 90 osd_up
-  wait_for "all PGs active+clean" 120 pgs_clean
+  wait_for "the pools' PGs to become active" 180 pools_readable
 }
 
 # Re-render the config of an existing cluster (fsid and store kept), so changes to this script
@@ -204,7 +202,7 @@ main() {
     bash "$LAB_SRC/ceph-down.sh" --wipe
   fi
   local t0=$SECONDS
-  if all_running && [ -f "$CEPH_READY" ] && ceph_admin pg stat >/dev/null 2>&1; then
+  if all_running && [ -f "$CEPH_READY" ] && pools_readable; then
     log "ceph is up (no-op)"
     refresh_conf
     publish
@@ -218,8 +216,8 @@ main() {
   fi
   publish
   touch "$CEPH_READY"
-  log "ceph ready in $((SECONDS - t0)) s: $(ceph_admin -s --format json | jq -r '.health.status') " \
-    "(mon pid $(lab_pid ceph-mon), mgr $(lab_pid ceph-mgr), osd $(lab_pid ceph-osd))"
+  log "ceph ready in $((SECONDS - t0)) s (mon pid $(lab_pid ceph-mon), mgr $(lab_pid ceph-mgr)," \
+    "osd $(lab_pid ceph-osd)); health: ceph --conf $CEPH_CONF -s"
 }
 
 main "$@"

@@ -242,7 +242,7 @@ ceph_fsid() { awk '$1 == "fsid" {print $3}' "$CEPH_CONF"; }
 # The cluster vp-rbd was set up against; after a Ceph rebuild (CEPH_FRESH=1) its disk, key and
 # qemu's connection are gone, so the domain is set up again.
 RBD_FSID_FILE=$LAB_STATE/hypervisor-rbd-fsid
-rbd_cluster_changed() { [ "$(cat "$RBD_FSID_FILE" 2>/dev/null)" != "$(ceph_fsid)" ]; }
+rbd_cluster_changed() { [ -f "$RBD_FSID_FILE" ] && [ "$(cat "$RBD_FSID_FILE")" != "$(ceph_fsid)" ]; }
 
 # The libvirt secret holding client.volumes' key (value re-set every time: a rebuilt cluster
 # has a new key). virsh secret-set-value --file takes the BASE64 key; --plain would encode it
