@@ -19,12 +19,11 @@
 . "$(dirname "$0")/lib.sh"
 set +m   # no job control: setsid must not fork, so $! is the daemon (see lab_start)
 
+. "$LAB_SRC/openstack/os-lib.sh"
+
 T0=$SECONDS
-TPL=$LAB_SRC/openstack
-OS=$LAB/openstack
-OS_ETC=$OS/etc OS_DATA=$OS/data OS_RUN=$OS/run OS_BIN=$OS/bin
-STATE=$LAB/state
-READY=$STATE/openstack.ready
+STATE=$LAB_STATE
+READY=$OS_READY
 PY=/usr/bin/python3
 DB_PASS=lab-db-pass SERVICE_PASS=lab-service-pass
 TOKEN_TTL=${LAB_TOKEN_TTL:-3600}
@@ -36,11 +35,6 @@ HOSTNAME_=$(hostname)
 COMPUTE_QCOW2=$HOSTNAME_
 COMPUTE_RBD=$HOSTNAME_-rbd
 
-# Every daemon of this part, in start order. openstack-down.sh stops them in reverse.
-OS_SERVICES=(os-mariadb os-epmd os-rabbitmq os-memcached os-keystone os-glance-api
-  os-placement os-nova-api os-nova-conductor os-nova-scheduler os-cinder-api
-  os-cinder-scheduler os-neutron-server os-cinder-volume os-nova-compute os-nova-compute-rbd)
-
 mkdir -p "$OS_ETC" "$OS_DATA" "$OS_RUN" "$OS_BIN" "$STATE" "$LAB/etc"
 
 # ---------------------------------------------------------------- helpers
@@ -50,7 +44,7 @@ http_ok() { # URL -> true when it answers with a non-5xx status
   local code; code=$(curl -s -o /dev/null -m 5 -w '%{http_code}' "$1" 2>/dev/null) || return 1
   [ "$code" != 000 ] && [ "$code" -lt 500 ]
 }
-sql() { mariadb --defaults-file="$OS_ETC/my.cnf" -uroot -N -B "$@"; }
+sql() { os_sql "$@"; }
 
 # render TEMPLATE [DEST]: substitute @VARS@ into $OS_ETC/DEST; the file is only rewritten
 # when its content changes (start_svc restarts a service whose config files changed).
@@ -82,7 +76,7 @@ start_svc() {
   STARTED+=("$name")
 }
 started() { local s; for s in "${STARTED[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
-all_running() { local s; for s in "${OS_SERVICES[@]}"; do svc_wanted "$s" || continue; lab_running "$s" || return 1; done; }
+all_running() { local s; for s in "${OS_INFRA[@]}" "${OS_SERVICES[@]}"; do svc_wanted "$s" || continue; lab_running "$s" || return 1; done; }
 svc_wanted() { [ "$1" != os-nova-compute-rbd ] || [ "$NOVA_RBD" = 1 ]; }
 
 # A Python console-script launcher for a command whose wrapper lives in a package we do
@@ -181,6 +175,7 @@ render_all() {
   render placement.conf
   render nova.conf
   render nova-api-paste.ini
+  render nova-api.conf
   render nova-compute-qcow2.conf nova-compute-qcow2.conf "$COMPUTE_QCOW2"
   render nova-compute-rbd.conf nova-compute-rbd.conf "$COMPUTE_RBD"
   render cinder.conf
@@ -188,7 +183,9 @@ render_all() {
   render neutron.conf
   render neutron-api-paste.ini
   mkdir -p "$OS_DATA"/{keystone,glance/images,glance/staging,glance/tasks,glance/lock} \
-    "$OS_DATA"/{nova/lock,nova/instances,nova/instances-rbd,cinder/lock,neutron/lock}
+    "$OS_DATA"/{nova/lock,nova/instances,nova/instances-rbd,cinder/lock,neutron/lock,neutron/vhu}
+  # qemu (user libvirt-qemu) creates the vhost-user sockets of bound ports here.
+  chmod 1777 "$OS_DATA/neutron/vhu"
   launcher nova-manage nova.cmd.manage
   launcher cinder-manage cinder.cmd.manage
   launcher glance-manage glance.cmd.manage
@@ -331,8 +328,9 @@ start_api_services() {
   start_svc os-glance-api "$OS_ETC/glance-api.conf $OS_ETC/glance-api-paste.ini" \
     $PY -c 'import sys; from glance.cmd.api import main; sys.exit(main())' \
     --config-file "$OS_ETC/glance-api.conf"
-  start_svc os-nova-api "$OS_ETC/nova.conf $OS_ETC/nova-api-paste.ini" \
-    env OS_NOVA_CONFIG_DIR="$OS_ETC" "OS_NOVA_CONFIG_FILES=nova-api-paste.ini;nova.conf" \
+  # nova's WSGI app takes the FIRST file as its paste config.
+  start_svc os-nova-api "$OS_ETC/nova.conf $OS_ETC/nova-api.conf $OS_ETC/nova-api-paste.ini" \
+    env OS_NOVA_CONFIG_DIR="$OS_ETC" "OS_NOVA_CONFIG_FILES=nova-api-paste.ini;nova.conf;nova-api.conf" \
     "${UWSGI[@]}" --http11-socket 127.0.0.1:8774 --wsgi-file "$TPL/wsgi/nova-api.py"
   start_svc os-nova-conductor "$OS_ETC/nova.conf" \
     $PY -c 'import sys; from nova.cmd.conductor import main; sys.exit(main())' \
@@ -377,7 +375,24 @@ start_cinder_volume() {
     --config-file "$OS_ETC/cinder.conf"
 }
 
+# Domains of this lab's Nova that its database does not know (a wiped or rebuilt lab on a
+# libvirtd that kept its definitions): Nova would fail on their names (instance-0000000N).
+remove_stale_domains() {
+  local u known
+  known=$(sql nova -e "select uuid from instances where deleted=0")
+  for u in $(os_nova_domains); do
+    grep -qx "$u" <<<"$known" && continue
+    log "removing stale Nova domain $u (not in this lab's database)"
+    os_virsh destroy "$u" >/dev/null 2>&1 || true
+    os_virsh undefine "$u" --nvram >/dev/null 2>&1 || os_virsh undefine "$u" >/dev/null 2>&1 || true
+  done
+}
+
 start_computes() {
+  lab_running os-nova-compute || remove_stale_domains
+  # Guests with a Neutron port block at start until a vhost-user backend connects to their
+  # NIC's socket (see neutron_lab_mech.py): the sink must run before nova starts any guest.
+  start_svc os-vhu-sink "$TPL/vhu-sink.py" $PY "$TPL/vhu-sink.py" "$OS_DATA/neutron/vhu"
   # nova-compute's first resource report must reach placement, or it stays unschedulable
   # until the next periodic run (60 s).
   wait_for "placement" 120 http_ok http://127.0.0.1:8778/

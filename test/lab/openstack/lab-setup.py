@@ -496,7 +496,7 @@ def ensure_network(admin):
         # Neutron only books these addresses: nothing on the host ever gets one.
         admin.post("network", "/v2.0/subnets", {"subnet": {
             "name": "lab-subnet", "network_id": net["id"], "ip_version": 4,
-            "cidr": "192.0.2.0/24", "enable_dhcp": False, "gateway_ip": None}})
+            "cidr": "198.51.100.0/24", "enable_dhcp": False, "gateway_ip": None}})
     return {"networkId": net["id"], "networkName": "lab-net"}
 
 

@@ -6,8 +6,9 @@
   -> RBD volume -> attach through Nova (checked in libvirt: rbd disk) -> detach -> volume
   snapshot -> volume from the snapshot -> delete all (clone before snapshot before volume).
   With the rbd compute (default when openstack.json lists it) a second server boots there in
-  parallel and its root disk is checked to be vms/<uuid>_disk. Neutron: networks, security
-  groups, a port create/show/delete.
+  parallel, with a port on lab-net, and its root disk is checked to be vms/<uuid>_disk and
+  its NIC a (never wired) vhost-user one. Neutron: networks, security groups, a port
+  create/show/delete.
 
 Everything it creates is named vprotect-smoke-* and deleted again, also on failure.
 Usage: /usr/bin/python3 smoke.py [--no-rbd] [--keep] [-v]
@@ -72,6 +73,10 @@ def virsh(*args):
                           capture_output=True, text=True, check=True).stdout
 
 
+def blk_iface(dom):
+    return virsh("domiflist", dom)
+
+
 def server_status(api, sid, want):
     s = api("GET", "compute", "/servers/%s" % sid, mv="2.79")["server"]
     if s["status"] == "ERROR":
@@ -115,13 +120,15 @@ def main():
         t = time.time()
         servers = []
         for az in ["nova"] + (["rbd"] if rbd_compute else []):
+            # The rbd server gets a Neutron port (bound, not wired: see neutron_lab_mech.py).
+            nets = "none" if az == "nova" else [{"uuid": CFG["network"]["networkId"]}]
             s = api("POST", "compute", "/servers", {"server": {
                 "name": "%s-%s" % (RUN, az), "imageRef": CFG["image"]["id"],
-                "flavorRef": CFG["flavors"]["m1.tiny"], "networks": "none",
+                "flavorRef": CFG["flavors"]["m1.tiny"], "networks": nets,
                 "availability_zone": az}}, mv="2.37")["server"]
             created["servers"].append(s["id"])
             servers.append((az, s["id"]))
-        step("POST /servers x%d (networks: none)" % len(servers), t)
+        step("POST /servers x%d (networks: none%s)" % (len(servers), ", lab-net" if rbd_compute else ""), t)
 
         # --- neutron while the servers boot
         t = time.time()
@@ -151,7 +158,14 @@ def main():
             if hv != want_hv or want_disk not in blk:
                 raise RuntimeError("server %s: hypervisor %s (want %s), disks:\n%s"
                                    % (sid, hv, want_hv, blk))
-            step("server ACTIVE on %s as %s, disk %s" % (hv, dom, want_disk.split("/")[-1] if az == "nova" else want_disk), t)
+            what = "disk <instances>/<uuid>/disk" if az == "nova" else "disk vms/<uuid>_disk"
+            if az != "nova":
+                ports = api("GET", "network", "/v2.0/ports?device_id=%s" % sid)["ports"]
+                if not ports or ports[0]["binding:host_id"] != s["OS-EXT-SRV-ATTR:host"] \
+                        or "vhostuser" not in blk_iface(dom):
+                    raise RuntimeError("server %s: port not bound here: %s" % (sid, ports))
+                what += ", port %s" % ports[0]["status"]
+            step("ACTIVE on %s as %s, %s" % (hv, dom, what), t)
         sid = servers[0][1]
         dom = api("GET", "compute", "/servers/%s" % sid, mv="2.79")["server"]["OS-EXT-SRV-ATTR:instance_name"]
 
