@@ -4,7 +4,7 @@
  * export (checked in the mount table), mounted by vprotect when the inventory allows it.
  * Never writes into an unmounted mount point: that would fill the local disk silently.
  */
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { isAbsolute, resolve } from 'node:path';
 import { DestinationError, UsageError } from '../errors.js';
 import type { DestinationConfig, Inventory } from '../inventory/types.js';
@@ -111,7 +111,5 @@ export async function prepareDestination(dest: SelectedDestination, deps: Destin
   if (trimSlash(mounted.source) !== wanted) {
     throw new DestinationError(`${label}: ${mountPoint} has ${mounted.source} mounted, not ${wanted}`, { hint: `unmount it, or correct server/export in the inventory` });
   }
-  const st = await stat(mountPoint);
-  if (!st.isDirectory()) throw new DestinationError(`${label}: ${mountPoint} is not a directory`);
   return mountPoint;
 }
