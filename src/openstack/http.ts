@@ -299,16 +299,27 @@ export class HttpTransport {
     if (TLS_CODES.test(err.code)) {
       return new UnavailableError(`TLS failure talking to ${site.service} at ${origin}: ${err.code}`, {
         hint: 'give the CA that signed the API certificate with caBundle (or clouds.yaml cacert / OS_CACERT); insecure: true only for tests',
-        cause: err,
+        cause: sanitized(err),
         data: { service: site.service, url: origin, code: err.code },
       });
     }
     return new UnavailableError(`cannot reach ${site.service} at ${origin} (${site.method} ${site.path}): ${describeNetworkError(err)}${tries}`, {
       hint: `check that ${site.service} is running and reachable from this machine, and the URL (authUrl, service catalog, endpointOverrides)`,
-      cause: err,
+      cause: sanitized(err),
       data: { service: site.service, url: origin, code: err.code },
     });
   }
+}
+
+/**
+ * got's errors carry the request options: the X-Auth-Token header and the body (a Keystone
+ * password, user_data). They must never travel on as a `cause` that someone could print.
+ */
+function sanitized(err: RequestError): Error {
+  const e = new Error(`${err.name}: ${err.message}`);
+  e.name = err.name;
+  Object.assign(e, { code: err.code });
+  return e;
 }
 
 function describeNetworkError(err: RequestError): string {

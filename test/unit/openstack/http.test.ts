@@ -231,6 +231,24 @@ describe('authentication errors', () => {
     cloud = await FakeCloud.start(); // for afterEach
   });
 
+  it('errors never carry the password or the token, however deep one looks (cause chain, inspect)', async () => {
+    const { inspect } = await import('node:util');
+    // Keystone times out: the network error is built from got's error, which holds the request body.
+    cloud.route('POST', /^\/v3\/auth\/tokens$/, async () => new Promise(() => undefined));
+    const err = await Session.open(settings(), { log, retry: FAST_RETRY, timeoutMs: 100 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnavailableError);
+    const text = inspect(err, { depth: 20, showHidden: true }) + JSON.stringify(err);
+    expect(text).not.toContain('lab-backup-pass');
+    // And a compute call that times out does not leak the token it sent.
+    cloud.route('POST', /^\/v3\/auth\/tokens$/, (q, res) => (cloud as any).issueToken(q, res));
+    cloud.route('GET', /\/compute\/v2\.1\/servers\/x$/, async () => new Promise(() => undefined));
+    const c = await compute({ timeoutMs: 100 });
+    const err2 = await getServer(c).catch((e: unknown) => e);
+    const text2 = inspect(err2, { depth: 20, showHidden: true });
+    for (const t of cloud.validTokens) expect(text2).not.toContain(t);
+    expect(text2).toContain('timed out');
+  });
+
   it('a Keystone that answers HTML (wrong URL, portal) is a clear error', async () => {
     cloud.route('POST', /^\/v3\/auth\/tokens$/, (_q, res) => send(res, 200, '<html><title>Welcome to nginx!</title></html>', { 'content-type': 'text/html' }));
     const err = await Session.open(settings(), { log, retry: FAST_RETRY }).catch((e: unknown) => e);
