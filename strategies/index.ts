@@ -6,7 +6,10 @@ import { InternalError } from '../src/errors.js';
 import type { StrategyName } from '../src/inventory/types.js';
 import type { Strategy } from '../src/strategy/contract.js';
 
-export const strategies: Partial<Record<StrategyName, () => Promise<Strategy>>> = {};
+export const strategies: Partial<Record<StrategyName, () => Promise<Strategy>>> = {
+  'ceph-rbd': () => import('./ceph-rbd/index.js').then((m) => m.default),
+  'libvirt-ssh': () => import('./libvirt-ssh/index.js').then((m) => m.default),
+};
 
 export async function loadStrategy(name: StrategyName): Promise<Strategy> {
   const load = strategies[name];

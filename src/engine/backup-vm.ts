@@ -9,6 +9,8 @@ import { createHash } from 'node:crypto';
 import { errorMessage, VprotectError } from '../errors.js';
 import type { BackupLevel } from '../inventory/types.js';
 import type { PointManifest } from '../repository/manifest.js';
+import type { StepHook } from '../repository/disk-writers.js';
+import { newPointId } from '../repository/ids.js';
 import type { PointWriter } from '../repository/point-writer.js';
 import type { PointInfo, Repository } from '../repository/repository.js';
 import type { BackupSession, BackupTarget, DiskPlan, PreviousPoint, Strategy, StrategyContext } from '../strategy/contract.js';
@@ -24,6 +26,8 @@ export interface BackupVmRequest {
   command: string;
   /** Why the engine forces a new chain (retention's newChainAfter), if it does. */
   forceFullReason?: string;
+  /** Tests: the point writer's step hook (crash/kill tests at each durable step). */
+  onStep?: StepHook;
 }
 
 export interface DiskResult {
@@ -67,8 +71,11 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
     const pointLevel = plans.every((p) => p.level === 'incremental') && previous ? 'incremental' : 'full';
     for (const p of plans) ctx.log.info(`${target.vmName} ${p.key}: ${p.level} (${p.reason})`);
 
-    const consistency = await session.snapshot();
+    // The id is chosen before the snapshot so the snapshot on the source can carry it.
+    const pointId = newPointId();
+    const consistency = await session.snapshot({ pointId });
     writer = await repo.beginPoint({
+      pointId,
       vmId: target.vmId,
       vmName: target.vmName,
       ...(target.project ? { project: target.project } : {}),
@@ -81,6 +88,7 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
       lock,
       command: req.command,
       signal: ctx.signal,
+      ...(req.onStep ? { onStep: req.onStep } : {}),
     });
     for (const file of await session.metadata()) await writer.addMetadata(file.name, file.content);
 

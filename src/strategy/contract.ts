@@ -77,7 +77,11 @@ export interface MetadataFile {
 
 export interface BackupSession {
   plan(request: { level: BackupLevel; previous: PreviousPoint | undefined }): Promise<DiskPlan[]>;
-  snapshot(): Promise<ConsistencyReport>;
+  /**
+   * `point.pointId` is the id the point will have (the engine picks it before the snapshot), so
+   * that what stays on the source names its point (RBD snapshot `vprotect-<point-id>`).
+   */
+  snapshot(point?: { pointId: string }): Promise<ConsistencyReport>;
   /** Extents of one planned disk: ascending, non-overlapping, data or zeros. */
   read(disk: DiskPlan): AsyncIterable<Extent>;
   /** State the next incremental needs (checkpoint name, snapshot id, ...), stored in the manifest. */
@@ -97,6 +101,16 @@ export interface StrategyContext extends RunContext {
   env: Environment;
 }
 
+/** What the repositories of an inventory say about source anchors (for `vprotect cleanup`). */
+export interface KnownAnchors {
+  /** The sourceAnchor of every disk of the newest complete point of every VM. */
+  anchors: { repository: string; vmId: string; pointId: string; disk: string; anchor: unknown }[];
+  /** Repositories that could not be read (their anchors are unknown). */
+  unreadable: { repository: string; problem: string }[];
+  /** When the oldest backup that is still running (a held lock) began, if any. */
+  runningSince?: Date;
+}
+
 /** A leftover from a killed run that `vprotect cleanup` can list and remove. */
 export interface Leftover {
   where: string;
@@ -109,6 +123,10 @@ export interface Leftover {
 export interface Strategy {
   name: StrategyName;
   open(target: BackupTarget, ctx: StrategyContext): Promise<BackupSession>;
-  /** Finds what killed runs left on the sources this inventory reaches. */
-  leftovers?(ctx: StrategyContext): Promise<Leftover[]>;
+  /**
+   * Finds what killed runs left on the sources this inventory reaches. `known` (from the
+   * repositories, gathered by the caller: strategies never read the destination) tells which
+   * source anchors the next incrementals need and whether a backup is running right now.
+   */
+  leftovers?(ctx: StrategyContext, known?: KnownAnchors): Promise<Leftover[]>;
 }

@@ -1,0 +1,168 @@
+/**
+ * Reads a disk as `rbd export-diff [--from-snap S] pool/image@snap -`, parsed on the fly by the
+ * repository's rbd diff codec (src/repository/rbd-diff.ts): nothing is spooled, memory is one
+ * pipe chunk plus one record of at most 4 MiB. Without --from-snap rbd lists only allocated
+ * extents, so a mostly empty 1 TiB image costs what it holds, not 1 TiB of zeros.
+ *
+ * The stream must describe exactly what was asked: its from/to snapshot names and image size are
+ * checked before the first extent, the codec checks every record, and rbd's exit status is
+ * checked after the end record. A bad or truncated stream fails the disk — never a wrong point.
+ */
+import { DataCorruptError, UnavailableError, VprotectError } from '../../src/errors.js';
+import { MAX_RECORD_BYTES } from '../../src/repository/disk-writers.js';
+import type { Extent } from '../../src/repository/extents.js';
+import { parseRbdDiff, type RbdDiffItem } from '../../src/repository/rbd-diff.js';
+import type { StreamingExec } from './exec.js';
+import { imageSpec, type Rbd } from './rbd.js';
+
+export interface ExportDiffRequest {
+  pool: string;
+  image: string;
+  snap: string;
+  /** Base snapshot of an incremental; absent for a full. */
+  fromSnap?: string;
+  /** The snapshot's size: the stream's `s` record must say the same. */
+  size: number;
+  signal?: AbortSignal;
+  /** Fail when rbd sends nothing for this long (default 10 min): a hung OSD must not hang the run. */
+  idleTimeoutMs?: number;
+}
+
+/** argv (after the cluster arguments) of the export-diff for a request. */
+export function exportDiffArgs(r: Pick<ExportDiffRequest, 'pool' | 'image' | 'snap' | 'fromSnap'>): string[] {
+  return ['export-diff', '--no-progress', ...(r.fromSnap !== undefined ? ['--from-snap', r.fromSnap] : []), imageSpec(r.pool, r.image, r.snap), '-'];
+}
+
+export async function* readExportDiff(rbd: Pick<Rbd, 'stream'>, req: ExportDiffRequest): AsyncGenerator<Extent> {
+  const what = `rbd export-diff ${req.fromSnap ? `--from-snap ${req.fromSnap} ` : ''}${req.pool}/${req.image}@${req.snap}`;
+  const proc = await rbd.stream(exportDiffArgs(req), req.signal);
+  const idle = idleWatch(proc, req.idleTimeoutMs ?? 600_000, what);
+  let exited = false;
+  try {
+    yield* diffExtents(parseRbdDiff(idle.source, { what, ordered: true }), req, what);
+    await proc.done;
+    exited = true;
+  } catch (err) {
+    if (idle.fired) throw idle.fired;
+    // A truncated stream usually means rbd failed: its own message (stderr) says why.
+    const exit = await Promise.race([proc.done.then(() => undefined, (e: unknown) => e), delay(2000).then(() => 'running' as const)]);
+    if (exit instanceof VprotectError && err instanceof DataCorruptError) throw exit;
+    throw err;
+  } finally {
+    idle.stop();
+    if (!exited) proc.kill();
+  }
+}
+
+/**
+ * The extents of a parsed export-diff after checking its header against the request. Pieces of
+ * one `w` record are joined into buffers of up to 4 MiB, so the repository stores records the
+ * size rbd made them (pipe chunks are 64 KiB) without ever widening a range.
+ */
+export async function* diffExtents(items: AsyncIterable<RbdDiffItem>, req: Pick<ExportDiffRequest, 'fromSnap' | 'snap' | 'size'>, what: string): AsyncGenerator<Extent> {
+  const header: { from?: string; to?: string; size?: number } = {};
+  let checked = false;
+  const check = () => {
+    if (checked) return;
+    checked = true;
+    if (header.from !== req.fromSnap) {
+      throw new DataCorruptError(`${what}: the stream is ${header.from === undefined ? 'a full export' : `relative to snapshot ${header.from}`}, expected ${req.fromSnap === undefined ? 'a full export' : `snapshot ${req.fromSnap}`}`);
+    }
+    if (header.to !== req.snap) throw new DataCorruptError(`${what}: the stream ends at snapshot ${header.to ?? '(none)'}, expected ${req.snap}`);
+    if (header.size !== req.size) throw new DataCorruptError(`${what}: the stream says the image has ${header.size ?? 'no'} bytes, the snapshot has ${req.size}`);
+  };
+  let acc: Buffer | undefined;
+  let accOffset = 0;
+  let accFill = 0;
+  let ended = false;
+  for await (const item of items) {
+    switch (item.type) {
+      case 'from':
+        if (checked) throw new DataCorruptError(`${what}: from-snapshot record after the data`);
+        header.from = item.name;
+        break;
+      case 'to':
+        if (checked) throw new DataCorruptError(`${what}: to-snapshot record after the data`);
+        header.to = item.name;
+        break;
+      case 'size':
+        if (checked) throw new DataCorruptError(`${what}: size record after the data`);
+        header.size = item.size;
+        break;
+      case 'zero':
+        check();
+        yield { offset: item.offset, length: item.length };
+        break;
+      case 'data': {
+        check();
+        let piece = item.data;
+        let offset = item.offset;
+        const recordEnd = item.record.offset + item.record.length;
+        while (piece.length > 0) {
+          if (!acc) {
+            const want = Math.min(recordEnd - offset, MAX_RECORD_BYTES);
+            if (piece.length >= want) {
+              // The piece holds the whole (rest of the) record: hand it on without a copy.
+              yield { offset, length: want, data: piece.subarray(0, want) };
+              piece = piece.subarray(want);
+              offset += want;
+              continue;
+            }
+            acc = Buffer.allocUnsafe(want);
+            accOffset = offset;
+            accFill = 0;
+          }
+          const n = Math.min(piece.length, acc.length - accFill);
+          piece.copy(acc, accFill, 0, n);
+          accFill += n;
+          piece = piece.subarray(n);
+          offset += n;
+          if (accFill === acc.length) {
+            const data = acc;
+            acc = undefined;
+            yield { offset: accOffset, length: data.length, data };
+          }
+        }
+        break;
+      }
+      case 'end':
+        check();
+        ended = true;
+        break;
+    }
+  }
+  // The codec guarantees a record's data arrives whole before the next record or the end.
+  if (acc) throw new DataCorruptError(`${what}: a record ended early`);
+  if (!ended) throw new DataCorruptError(`${what}: no end record`);
+}
+
+/** Kills the command when its stdout stays silent for `ms`; `fired` then says so. */
+function idleWatch(proc: StreamingExec, ms: number, what: string): { source: AsyncIterable<Buffer>; fired: Error | undefined; stop(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const arm = () => {
+    if (timer) clearTimeout(timer);
+    timer = setTimeout(() => {
+      state.fired = new UnavailableError(`${what} sent no data for ${Math.round(ms / 1000)} s and was stopped`, { hint: 'check the cluster (ceph -s): rbd waits for ever on inactive placement groups' });
+      proc.kill();
+    }, ms);
+    timer.unref?.();
+  };
+  const state = {
+    fired: undefined as Error | undefined,
+    source: (async function* () {
+      for await (const chunk of proc.stdout) {
+        arm();
+        yield chunk;
+      }
+    })(),
+    stop() {
+      if (timer) clearTimeout(timer);
+    },
+  };
+  arm();
+  return state;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
+}
