@@ -1,0 +1,114 @@
+/**
+ * Checkpoint mode: libvirt checkpoints (persistent qcow2 dirty bitmaps) and a pull-mode backup
+ * job. The job freezes a point-in-time view of every disk it covers (copy-before-write into a
+ * scratch file) and serves it over NBD: an export per disk named after its target, with the
+ * dirty bitmap `backup-<target>` for incremental disks. The new checkpoint is created by the
+ * same backup-begin, atomically with the view.
+ *
+ * Checkpoint metadata lives in libvirt only and is lost when the domain is undefined (Nova
+ * does that on hard reboot, resize, migration) while the bitmaps stay in the qcow2 files; the
+ * anchor keeps `checkpoint-dumpxml --no-domain`, so a lost checkpoint is redefined from it.
+ */
+import { attr, child, children, el, parseXml, removeChildren, serializeXml, textOf } from './xml.js';
+import type { Hypervisor } from './hypervisor.js';
+import { VirshError } from './hypervisor.js';
+
+export type NbdServer = { transport: 'unix'; socket: string } | { transport: 'tcp'; host: string; port: number };
+
+export interface JobDisk {
+  target: string;
+  /** full: the whole disk; incremental: dirty since the job's <incremental> checkpoint. */
+  mode: 'full' | 'incremental';
+  scratch: string;
+  /** Whether the new checkpoint tracks this disk (qcow2 only). */
+  bitmap: boolean;
+}
+
+export function checkpointXml(name: string, disks: { target: string; bitmap: boolean }[], description: string): string {
+  return serializeXml(
+    el('domaincheckpoint', {}, el('name', {}, name), el('description', {}, description), el('disks', {}, ...disks.map((d) => el('disk', { name: d.target, checkpoint: d.bitmap ? 'bitmap' : 'no' })))),
+  );
+}
+
+/**
+ * The pull backup job. Disks of the domain not listed get backup='no'; each listed disk says
+ * its own backupmode, so a lost checkpoint on one disk costs a full of that disk only.
+ */
+export function backupJobXml(opts: { incremental?: string; server: NbdServer; disks: JobDisk[]; otherDisks: string[] }): string {
+  const server = opts.server.transport === 'unix' ? el('server', { transport: 'unix', socket: opts.server.socket }) : el('server', { transport: 'tcp', name: opts.server.host, port: String(opts.server.port) });
+  return serializeXml(
+    el(
+      'domainbackup',
+      { mode: 'pull' },
+      ...(opts.incremental ? [el('incremental', {}, opts.incremental)] : []),
+      server,
+      el(
+        'disks',
+        {},
+        ...opts.disks.map((d) =>
+          el(
+            'disk',
+            { name: d.target, backup: 'yes', type: 'file', backupmode: d.mode, ...(d.mode === 'incremental' && opts.incremental ? { incremental: opts.incremental } : {}) },
+            el('scratch', { file: d.scratch }),
+          ),
+        ),
+        ...opts.otherDisks.map((t) => el('disk', { name: t, backup: 'no' })),
+      ),
+    ),
+  );
+}
+
+/** The dirty-bitmap export name libvirt gives an incremental disk of a pull job. */
+export function jobBitmapName(target: string): string {
+  return `backup-${target}`;
+}
+
+/** A saved checkpoint XML without its <parent>: libvirt refuses a redefine whose parent it does not know. */
+export function checkpointForRedefine(xml: string): string {
+  const root = parseXml(xml, 'checkpoint XML');
+  removeChildren(root, (c) => c.name === 'parent' || c.name === 'domain');
+  return serializeXml(root);
+}
+
+export function checkpointName(xml: string): string | undefined {
+  return textOf(child(parseXml(xml, 'checkpoint XML'), 'name'))?.trim();
+}
+
+/** Which disks a checkpoint tracks with a bitmap. */
+export function checkpointDisks(xml: string): string[] {
+  return children(child(parseXml(xml, 'checkpoint XML'), 'disks'), 'disk')
+    .filter((d) => attr(d, 'checkpoint') === 'bitmap')
+    .map((d) => attr(d, 'name')!);
+}
+
+/**
+ * Makes libvirt know `xml`'s checkpoint again. `--redefine-validate` has libvirt check that the
+ * bitmaps really are in the images, so a redefine never promises changes it cannot deliver.
+ * Returns undefined on success, or libvirt's reason.
+ */
+export async function redefineCheckpoint(hv: Hypervisor, domain: string, xml: string, fileOnHost: string): Promise<string | undefined> {
+  await hv.writeFile(fileOnHost, checkpointForRedefine(xml));
+  try {
+    await hv.virsh(['checkpoint-create', domain, fileOnHost, '--redefine', '--redefine-validate']);
+    return undefined;
+  } catch (err) {
+    if (err instanceof VirshError) return err.message.replace(/^virsh checkpoint-create on \S+ failed: /, '');
+    throw err;
+  } finally {
+    await hv.remove(fileOnHost).catch(() => undefined);
+  }
+}
+
+export async function dumpCheckpoint(hv: Hypervisor, domain: string, name: string): Promise<string> {
+  return hv.virsh(['checkpoint-dumpxml', domain, name, '--no-domain'], { signal: null });
+}
+
+/** Deletes a checkpoint (and its bitmaps); an absent one is fine. */
+export async function deleteCheckpoint(hv: Hypervisor, domain: string, name: string): Promise<void> {
+  try {
+    await hv.virsh(['checkpoint-delete', domain, name], { signal: null });
+  } catch (err) {
+    if (err instanceof VirshError && /not found|no domain checkpoint/i.test(err.stderr)) return;
+    throw err;
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * `vprotect cleanup`, libvirt-ssh side: on every hypervisor of the inventory, the run
+ * directories of killed runs (with what their journals say they created) and backup jobs that
+ * serve from a vprotect run directory with no live run behind them.
+ */
+import { errorMessage } from '../../src/errors.js';
+import { shellJoin } from '../../src/transport/quote.js';
+import type { Leftover, StrategyContext } from '../../src/strategy/contract.js';
+import { borrowConnection } from './connections.js';
+import { Hypervisor } from './hypervisor.js';
+import { listJournals, ownerMayBeAlive, type Journal } from './journal.js';
+import { DEFAULT_WORK_DIR, parseOptions } from './plan.js';
+import { finishRun, rollbackRun } from './recovery.js';
+
+function workDirs(ctx: StrategyContext): string[] {
+  const dirs = new Set<string>([parseOptions(ctx.options).workDir, DEFAULT_WORK_DIR]);
+  for (const p of ctx.inventory.policies) if (p.strategy === 'libvirt-ssh') dirs.add(parseOptions(p.strategyOptions ?? {}).workDir);
+  return [...dirs];
+}
+
+function describeRun(j: Journal): string {
+  const parts = [`interrupted run ${j.runId} of domain ${j.domain} (${j.phase})`];
+  if (j.job) parts.push('a backup job');
+  if (j.checkpoint) parts.push(`checkpoint ${j.checkpoint.name}`);
+  for (const o of j.overlays ?? []) parts.push(`overlay ${o.overlay} on ${o.frozen}`);
+  return parts.join(', ');
+}
+
+function manualSteps(j: Journal): string {
+  const steps: string[] = [];
+  if (j.job) steps.push(shellJoin(['virsh', 'domjobabort', j.domain]));
+  if (j.phase === 'committing') {
+    if (j.checkpoint?.previous) steps.push(shellJoin(['virsh', 'checkpoint-delete', j.domain, j.checkpoint.previous]));
+    for (const o of j.overlays ?? []) if (o.commitInto) steps.push(shellJoin(['virsh', 'blockcommit', j.domain, o.target, '--top', o.frozen, '--base', o.commitInto, '--wait']), shellJoin(['rm', '-f', o.frozen]));
+  } else {
+    if (j.checkpoint) steps.push(shellJoin(['virsh', 'checkpoint-delete', j.domain, j.checkpoint.name]));
+    for (const o of j.overlays ?? []) steps.push(shellJoin(['virsh', 'blockcommit', j.domain, o.target, '--active', '--pivot', '--top', o.overlay, '--base', o.frozen, '--wait']), shellJoin(['rm', '-f', o.overlay]));
+  }
+  steps.push(shellJoin(['rm', '-rf', j.dir]));
+  return steps.join(' && ');
+}
+
+export async function findLeftovers(ctx: StrategyContext): Promise<Leftover[]> {
+  const out: Leftover[] = [];
+  for (const hvConfig of ctx.inventory.hypervisors) {
+    let borrowed;
+    try {
+      borrowed = await borrowConnection(hvConfig, ctx.env, ctx.log);
+    } catch (err) {
+      ctx.log.warn(`cleanup: cannot reach hypervisor ${hvConfig.name}: ${errorMessage(err)}`);
+      continue;
+    }
+    const hv = new Hypervisor(borrowed.conn, hvConfig, ctx.log);
+    try {
+      const seen = new Set<string>();
+      for (const workDir of workDirs(ctx)) {
+        for (const { dir, journal } of await listJournals(hv, workDir)) {
+          if (seen.has(dir)) continue;
+          seen.add(dir);
+          const where = `hypervisor ${hv.name}`;
+          if (!journal) {
+            out.push({ where, what: `run directory ${dir} without a journal`, removeWith: `ssh ${hv.name} ${shellJoin(['rm', '-rf', dir])}`, remove: () => withHv(ctx, hvConfig, (h) => h.remove(dir)) });
+            continue;
+          }
+          if (ownerMayBeAlive(journal)) continue;
+          out.push({
+            where,
+            what: describeRun(journal),
+            removeWith: `ssh ${hv.name} '${manualSteps(journal).replace(/'/g, `'\\''`)}'`,
+            remove: () =>
+              withHv(ctx, hvConfig, async (h) => {
+                const s = await h.domainState(journal.domain);
+                const running = s === 'running' || s === 'paused';
+                if (journal.phase === 'committing') await finishRun(h, journal, { running });
+                else await rollbackRun(h, journal, { running });
+              }),
+          });
+        }
+        // Backup jobs serving from a run directory whose run is gone (its journal was removed).
+        for (const domain of await hv.listDomains()) {
+          const xml = await hv.backupJobXml(domain).catch(() => undefined);
+          if (!xml || !xml.includes(`${workDir}/run-`)) continue;
+          const run = /run-[0-9TZ]+-[0-9a-f]{4}/.exec(xml)?.[0];
+          if (run && seen.has(`${workDir}/${run}`)) continue;
+          out.push({
+            where: `hypervisor ${hv.name}`,
+            what: `backup job of domain ${domain} serving from ${workDir}/${run ?? '?'}, with no run behind it`,
+            removeWith: `ssh ${hv.name} ${shellJoin(['virsh', 'domjobabort', domain])}`,
+            remove: () => withHv(ctx, hvConfig, (h) => h.abortJob(domain)),
+          });
+        }
+      }
+    } finally {
+      await borrowed.release();
+    }
+  }
+  return out;
+}
+
+async function withHv<T>(ctx: StrategyContext, config: Parameters<typeof borrowConnection>[0], fn: (hv: Hypervisor) => Promise<T>): Promise<T> {
+  const b = await borrowConnection(config, ctx.env, ctx.log);
+  try {
+    return await fn(new Hypervisor(b.conn, config, ctx.log));
+  } finally {
+    await b.release();
+  }
+}

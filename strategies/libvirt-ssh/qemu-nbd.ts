@@ -1,0 +1,47 @@
+/**
+ * qemu-nbd on the hypervisor, serving a frozen image read-only: the kept overlay of snapshot
+ * mode (with `-A`, so the reader sees which clusters the overlay itself holds), or a disk of a
+ * domain that is not running. It daemonizes (--fork returns once the socket listens) and is
+ * stopped through its pid file, which lives in the run directory the journal records.
+ */
+import type { Hypervisor } from './hypervisor.js';
+import type { NbdServer } from './checkpoint-mode.js';
+
+export interface QemuNbdRequest {
+  file: string;
+  format: 'qcow2' | 'raw';
+  exportName: string;
+  server: NbdServer;
+  pidFile: string;
+  /** Expose qemu:allocation-depth (snapshot-mode incrementals). */
+  allocationDepth: boolean;
+}
+
+export function qemuNbdArgv(r: QemuNbdRequest): string[] {
+  return [
+    'qemu-nbd',
+    '--read-only',
+    '--persistent',
+    '--shared=8',
+    '--fork',
+    `--pid-file=${r.pidFile}`,
+    ...(r.server.transport === 'unix' ? [`--socket=${r.server.socket}`] : [`--bind=${r.server.host}`, `--port=${r.server.port}`]),
+    `--export-name=${r.exportName}`,
+    `--format=${r.format}`,
+    ...(r.allocationDepth ? ['--allocation-depth'] : []),
+    r.file,
+  ];
+}
+
+export async function startQemuNbd(hv: Hypervisor, r: QemuNbdRequest): Promise<void> {
+  await hv.run(qemuNbdArgv(r), { timeoutMs: 60_000 });
+}
+
+/** Stops a qemu-nbd started by startQemuNbd; a missing pid file or process is fine. */
+export async function stopQemuNbd(hv: Hypervisor, pidFile: string): Promise<void> {
+  // Only a qemu-nbd is signalled: a stale pid file must never kill a recycled pid.
+  await hv.exec(
+    ['sh', '-c', 'p=$(cat "$1" 2>/dev/null) || exit 0; [ -n "$p" ] || exit 0; grep -qs qemu-nbd "/proc/$p/cmdline" || exit 0; kill "$p"; for i in 1 2 3 4 5 6 7 8 9 10; do [ -d "/proc/$p" ] || exit 0; sleep 0.2; done; kill -9 "$p"', 'sh', pidFile],
+    { signal: null },
+  );
+}

@@ -1,0 +1,95 @@
+/**
+ * Finishing or undoing a run from its journal — the same code for a run's own commit/abort,
+ * for the next run of a domain after a killed one, and for `vprotect cleanup`.
+ *
+ * A killed run is rolled FORWARD when its point became durable (the previous point's anchor
+ * names this run's checkpoint or overlay, or the journal says it was committing): the old
+ * anchor is dropped as commit would have. Otherwise it is rolled BACK: the job ended, the new
+ * checkpoint deleted, the new overlays merged back. Each step is idempotent, so a cleanup that
+ * is itself interrupted can simply run again.
+ */
+import { errorMessage } from '../../src/errors.js';
+import type { Logger } from '../../src/log.js';
+import type { PreviousPoint } from '../../src/strategy/contract.js';
+import { deleteCheckpoint } from './checkpoint-mode.js';
+import type { Hypervisor } from './hypervisor.js';
+import { listJournals, ownerMayBeAlive, type Journal } from './journal.js';
+import { asAnchor } from './plan.js';
+import { stopQemuNbd } from './qemu-nbd.js';
+import { commitFrozenOverlay, rollbackOverlay } from './snapshot-mode.js';
+
+/** Ends the domain's backup job if it is the one this run started (its files are in the run dir). */
+async function endOwnJob(hv: Hypervisor, j: Journal): Promise<void> {
+  if (!j.job) return;
+  const xml = await hv.backupJobXml(j.domain);
+  if (xml !== undefined && xml.includes(j.dir)) await hv.abortJob(j.domain);
+}
+
+async function stopServers(hv: Hypervisor, j: Journal): Promise<void> {
+  for (const pid of j.nbdPidFiles ?? []) await stopQemuNbd(hv, pid);
+}
+
+async function isRunning(hv: Hypervisor, domain: string): Promise<boolean> {
+  const s = await hv.domainState(domain);
+  return s === 'running' || s === 'paused';
+}
+
+/** Commit: the point is durable; drop the previous anchors and the run's files. */
+export async function finishRun(hv: Hypervisor, j: Journal, _opts: { running: boolean }): Promise<void> {
+  await endOwnJob(hv, j);
+  await stopServers(hv, j);
+  if (j.checkpoint?.previous) await deleteCheckpoint(hv, j.domain, j.checkpoint.previous);
+  for (const o of j.overlays ?? []) await commitFrozenOverlay(hv, j.domain, o);
+  await hv.remove(j.dir);
+}
+
+/** Abort: put the domain back as it was before the run. */
+export async function rollbackRun(hv: Hypervisor, j: Journal, opts: { running: boolean }): Promise<void> {
+  await endOwnJob(hv, j);
+  await stopServers(hv, j);
+  if (j.checkpoint) await deleteCheckpoint(hv, j.domain, j.checkpoint.name);
+  for (const o of j.overlays ?? []) await rollbackOverlay(hv, j.domain, o, opts.running);
+  await hv.remove(j.dir);
+}
+
+/** Whether the previous complete point was made by this journal's run (its anchors name them). */
+export function pointIsFromRun(previous: PreviousPoint | undefined, j: Journal): boolean {
+  if (!previous) return false;
+  return previous.disks.some((d) => {
+    const a = asAnchor(d.sourceAnchor);
+    if (!a) return false;
+    if (a.mode === 'checkpoint') return a.checkpoint === j.checkpoint?.name;
+    if (a.mode === 'snapshot') return (j.overlays ?? []).some((o) => o.overlay === a.overlay);
+    return false;
+  });
+}
+
+export interface Recovered {
+  dir: string;
+  domain: string;
+  action: 'rolled-forward' | 'rolled-back';
+}
+
+/**
+ * Finishes or undoes the runs of `domain` that died (owner process gone). `previous` (the
+ * repository's last complete point) decides the direction; without it (cleanup), only a run
+ * that was committing is rolled forward.
+ */
+export async function recoverStaleRuns(hv: Hypervisor, workDir: string, opts: { domain?: string; previous?: PreviousPoint | undefined; log: Logger }): Promise<Recovered[]> {
+  const done: Recovered[] = [];
+  for (const { dir, journal } of await listJournals(hv, workDir)) {
+    if (!journal || (opts.domain !== undefined && journal.domain !== opts.domain) || ownerMayBeAlive(journal)) continue;
+    const forward = journal.phase === 'committing' || pointIsFromRun(opts.previous, journal);
+    const running = await isRunning(hv, journal.domain).catch(() => false);
+    try {
+      if (forward) await finishRun(hv, journal, { running });
+      else await rollbackRun(hv, journal, { running });
+      opts.log.info(`${journal.domain}: ${forward ? 'finished' : 'undid'} the interrupted run ${journal.runId} on ${hv.name}`);
+      done.push({ dir, domain: journal.domain, action: forward ? 'rolled-forward' : 'rolled-back' });
+    } catch (err) {
+      opts.log.warn(`${journal.domain}: could not clean up the interrupted run ${journal.runId}: ${errorMessage(err)}`);
+      throw err;
+    }
+  }
+  return done;
+}

@@ -1,0 +1,437 @@
+/**
+ * One backup of one libvirt domain over SSH (the BackupSession of src/strategy/contract.ts):
+ *
+ *   open      SSH connection (shared per hypervisor), live + inactive domain XML
+ *   plan      finish or undo what killed runs left (journal), disk sizes, lost checkpoints
+ *             redefined, per disk: mode (checkpoint | snapshot) and level with the reason
+ *   snapshot  hooks, guest freeze, ONE point in time for every disk: the pull backup job
+ *             (which also creates the new checkpoint) and/or external overlays; with both
+ *             kinds and `atomic`, the domain is paused for the two calls
+ *   read      NBD through the SSH connection (unix-socket forwarding) or direct TCP (netcat):
+ *             the job's export per disk, or qemu-nbd on the frozen image
+ *   commit    end the job, drop the previous checkpoint, merge the frozen overlay
+ *   abort     end the job, drop the new checkpoint, pivot back from the new overlays
+ *
+ * Everything the run creates on the hypervisor is written to its journal first (journal.ts).
+ */
+import { InterruptedError, UnavailableError, UsageError, errorMessage } from '../../src/errors.js';
+import type { BackupLevel } from '../../src/inventory/types.js';
+import type { Extent } from '../../src/repository/extents.js';
+import { unifyLevels } from '../../src/engine/backup-vm.js';
+import type { BackupSession, BackupTarget, ConsistencyReport, DiskPlan, MetadataFile, PreviousPoint, StrategyContext } from '../../src/strategy/contract.js';
+import { connectSocketChannel, DEPTH_READ_CONTEXTS, dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, newCounters, readAllocationDepth, readDirty, readFull, type NbdDialer } from '../../src/transport/nbd/index.js';
+import { backupJobXml, checkpointXml, dumpCheckpoint, jobBitmapName, redefineCheckpoint, type JobDisk, type NbdServer } from './checkpoint-mode.js';
+import { borrowConnection, type BorrowedConnection } from './connections.js';
+import { checkHooks, freezeGuest, runHook, thawGuest } from './consistency.js';
+import { parseDomainXml, type DomainDisk, type DomainInfo } from './domain-xml.js';
+import { Hypervisor } from './hypervisor.js';
+import { newJournal, newRunId, writeJournal, type Journal, type OverlayRecord } from './journal.js';
+import { asAnchor, chooseMode, decideLevel, parseOptions, selectDisks, type DiskAnchor, type LibvirtSshOptions, type Mode, type SkippedDisk } from './plan.js';
+import { startQemuNbd, stopQemuNbd } from './qemu-nbd.js';
+import { recoverStaleRuns, rollbackRun, finishRun } from './recovery.js';
+import { overlayRecord, snapshotArgs } from './snapshot-mode.js';
+
+/** Everything decided for one disk. */
+interface DiskState {
+  disk: DomainDisk;
+  /** checkpoint | snapshot, or offline (domain not running: qemu-nbd on the file itself). */
+  mode: Mode | 'offline';
+  plan: DiskPlan;
+  previousAnchor: DiskAnchor | undefined;
+  overlay?: OverlayRecord;
+}
+
+export async function openSession(target: BackupTarget, ctx: StrategyContext): Promise<LibvirtSshSession> {
+  if (!target.hypervisor) throw new UsageError(`${target.vmName}: no hypervisor for the libvirt-ssh strategy`, { hint: 'map the VM\'s host to an inventory hypervisor, or use --hypervisor' });
+  if (!target.domain) throw new UsageError(`${target.vmName}: no libvirt domain name`);
+  const options = parseOptions(ctx.options);
+  const borrowed = await borrowConnection(target.hypervisor, ctx.env, ctx.log);
+  try {
+    const hv = new Hypervisor(borrowed.conn, target.hypervisor, ctx.log, ctx.signal);
+    const state = await hv.domainState(target.domain);
+    if (state === undefined) throw new UnavailableError(`domain ${target.domain} does not exist on ${hv.name}`, { hint: 'check the domain name (virsh list --all) and the hypervisor' });
+    const liveXml = await hv.dumpXml(target.domain);
+    const inactiveXml = await hv.dumpXml(target.domain, true);
+    return new LibvirtSshSession(target, ctx, options, hv, borrowed, parseDomainXml(liveXml), inactiveXml, state);
+  } catch (err) {
+    await borrowed.release();
+    throw err;
+  }
+}
+
+export class LibvirtSshSession implements BackupSession {
+  readonly runId = newRunId();
+  private journal: Journal;
+  private disks: DiskState[] = [];
+  private skipped: SkippedDisk[] = [];
+  private snapshotTaken = false;
+  private jobStarted = false;
+  private frozen = false;
+  private suspended = false;
+  private newCheckpointXml: string | undefined;
+  private finished = false;
+  private readonly domainName: string;
+
+  constructor(
+    readonly target: BackupTarget,
+    private readonly ctx: StrategyContext,
+    readonly options: LibvirtSshOptions,
+    readonly hv: Hypervisor,
+    private readonly borrowed: BorrowedConnection,
+    readonly domain: DomainInfo,
+    private readonly inactiveXml: string,
+    readonly domainState: string,
+  ) {
+    this.domainName = domain.name;
+    this.journal = newJournal(this.runId, domain.name, domain.uuid, `${options.workDir.replace(/\/+$/, '')}/${this.runId}`);
+  }
+
+  get runDir(): string {
+    return this.journal.dir;
+  }
+
+  get checkpointName(): string {
+    return `vprotect-${this.runId}`;
+  }
+
+  /** The plan of every disk, with modes (for tests and reports). */
+  get diskStates(): readonly { target: string; mode: string; level: string; reason: string }[] {
+    return this.disks.map((d) => ({ target: d.disk.target, mode: d.mode, level: d.plan.level, reason: d.plan.reason }));
+  }
+
+  async plan(request: { level: BackupLevel; previous: PreviousPoint | undefined }): Promise<DiskPlan[]> {
+    const { hv, domainName } = this;
+    // Whatever a killed run of this domain left is finished (its point is durable) or undone first.
+    await recoverStaleRuns(hv, this.options.workDir, { domain: domainName, previous: request.previous, log: this.ctx.log });
+
+    const selected = selectDisks(this.domain, this.options);
+    this.skipped = selected.skipped;
+    for (const s of selected.skipped) this.ctx.log.info(`${domainName} ${s.target}: skipped (${s.reason})`);
+    if (selected.refused.length > 0) {
+      const r = selected.refused[0]!;
+      throw new UsageError(`${domainName} ${r.target}: ${r.reason}`, { hint: r.hint, data: { refused: selected.refused } });
+    }
+    if (selected.disks.length === 0) throw new UsageError(`${domainName}: no disk to back up`, { hint: 'check excludeDisks' });
+    const sizes = await this.diskSizes();
+    const running = this.domainState === 'running' || this.domainState === 'paused';
+
+    await hv.makeRunDir(this.runDir);
+    await writeJournal(hv, this.journal);
+
+    let checkpoints = running ? await hv.checkpointNames(domainName) : [];
+    const plans: DiskState[] = [];
+    for (const disk of selected.disks) {
+      const size = sizes.get(disk.target);
+      if (size === undefined) throw new UnavailableError(`${domainName} ${disk.target}: virsh domblkinfo gave no capacity`);
+      const chosen = chooseMode(disk, this.options.mode);
+      const prev = request.previous?.disks.find((d) => d.key === disk.target);
+      const anchor = asAnchor(prev?.sourceAnchor);
+      let redefineFailure: string | undefined;
+      if (running && chosen.mode === 'checkpoint' && anchor?.mode === 'checkpoint' && anchor.domainUuid === this.domain.uuid && !checkpoints.includes(anchor.checkpoint)) {
+        // libvirt lost it (domain undefined and defined again): the bitmap may still be in the qcow2.
+        redefineFailure = await redefineCheckpoint(hv, domainName, anchor.checkpointXml, `${this.runDir}/redefine.xml`);
+        if (redefineFailure === undefined) {
+          this.ctx.log.info(`${domainName}: checkpoint ${anchor.checkpoint} was lost by libvirt and redefined from the repository`);
+          checkpoints = await hv.checkpointNames(domainName);
+        }
+      }
+      const decision = decideLevel(
+        {
+          disk,
+          mode: chosen.mode,
+          modeReason: running ? chosen.reason : 'domain not running: its files are read as they are',
+          size,
+          running,
+          previous: prev ? { size: prev.size, anchor } : undefined,
+          domainUuid: this.domain.uuid,
+          checkpoints,
+          ...(redefineFailure !== undefined ? { redefineFailure } : {}),
+        },
+        request.level,
+      );
+      plans.push({
+        disk,
+        mode: running ? chosen.mode : 'offline',
+        plan: { key: disk.target, size, sourceFormat: `${disk.format ?? 'raw'} ${disk.type}`, level: decision.level, reason: decision.reason },
+        previousAnchor: anchor,
+      });
+    }
+    // One level for the point (as the engine does), decided now: the backup job's XML needs it.
+    const unified = unifyLevels(plans.map((p) => p.plan));
+    plans.forEach((p, i) => (p.plan = unified[i]!));
+    // An incremental checkpoint job reads every disk against ONE checkpoint.
+    const bases = new Set(plans.filter((p) => p.mode === 'checkpoint' && p.plan.level === 'incremental').map((p) => (p.previousAnchor as { checkpoint: string }).checkpoint));
+    if (bases.size > 1) {
+      for (const p of plans) p.plan = { ...p.plan, level: 'full', reason: `disks were checkpointed at different points (${[...bases].join(', ')}); ${p.plan.reason}` };
+    }
+    this.disks = plans;
+    return plans.map((p) => p.plan);
+  }
+
+  private async diskSizes(): Promise<Map<string, number>> {
+    const out = await this.hv.virsh(['domblkinfo', this.domainName, '--all']);
+    const m = new Map<string, number>();
+    for (const line of out.split('\n')) {
+      const f = line.trim().split(/\s+/);
+      if (f.length >= 2 && /^\d+$/.test(f[1]!)) m.set(f[0]!, Number(f[1]));
+    }
+    return m;
+  }
+
+  private get checkpointDisks(): DiskState[] {
+    return this.disks.filter((d) => d.mode === 'checkpoint');
+  }
+  private get overlayDisks(): DiskState[] {
+    return this.disks.filter((d) => d.mode === 'snapshot');
+  }
+
+  async snapshot(): Promise<ConsistencyReport> {
+    const { hv, domainName } = this;
+    const policy = this.ctx.policy;
+    const hooks: NonNullable<ConsistencyReport['hooks']> = [];
+    const running = this.disks.some((d) => d.mode !== 'offline');
+    if (!running) {
+      // Nothing runs, nothing changes: the files are consistent as they are.
+      return { level: 'crash', note: `domain ${this.domainState}: disks read as they are on the hypervisor (shut down cleanly, they are consistent)` };
+    }
+    let level: ConsistencyReport['level'] = 'crash';
+    let note: string | undefined;
+    try {
+      for (const h of checkHooks(policy?.hooks?.preSnapshot)) hooks.push(await runHook(hv, domainName, h, 'pre', this.ctx.log));
+      const freeze = await freezeGuest(hv, domainName, this.domain.guestAgentChannel, policy?.quiesce);
+      this.frozen = freeze.frozen;
+      level = freeze.level;
+      note = freeze.note;
+      await this.takeSnapshot();
+    } finally {
+      if (this.frozen) {
+        await thawGuest(hv, domainName).catch((e: unknown) => this.ctx.log.error(`could not thaw ${domainName}: ${errorMessage(e)} — run: virsh domfsthaw ${domainName}`));
+        this.frozen = false;
+      }
+      // Post hooks run even when the snapshot failed: they undo what the pre hooks did.
+      for (const h of checkHooks(policy?.hooks?.postSnapshot)) {
+        try {
+          hooks.push(await runHook(hv, domainName, h, 'post', this.ctx.log));
+        } catch (err) {
+          if (this.snapshotTaken) throw err;
+          this.ctx.log.warn(errorMessage(err));
+        }
+      }
+    }
+    if (level === 'crash' && policy?.quiesce && policy.quiesce !== 'off') this.ctx.log.warn(`${domainName}: ${note ?? 'not quiesced'}`);
+    const appHooks = hooks.some((h) => h.phase === 'pre' && h.ok);
+    return { level: appHooks ? 'app' : level, ...(note ? { note } : {}), ...(hooks.length ? { hooks } : {}) };
+  }
+
+  private async takeSnapshot(): Promise<void> {
+    const { hv, domainName } = this;
+    const cpDisks = this.checkpointDisks;
+    const ovDisks = this.overlayDisks;
+    for (const d of ovDisks) d.overlay = overlayRecord(d.disk, this.runId);
+    const previousCheckpoint = [...new Set(cpDisks.map((d) => (d.previousAnchor?.mode === 'checkpoint' ? d.previousAnchor.checkpoint : undefined)).filter((x): x is string => !!x))];
+    if (cpDisks.length) {
+      this.journal.checkpoint = { name: this.checkpointName, ...(previousCheckpoint[0] ? { previous: previousCheckpoint[0] } : {}) };
+      this.journal.job = true;
+    }
+    if (ovDisks.length) this.journal.overlays = ovDisks.map((d) => d.overlay!);
+    this.journal.phase = 'snapshot';
+    await writeJournal(hv, this.journal);
+
+    let jobFiles: { job: string; checkpoint: string } | undefined;
+    if (cpDisks.length) jobFiles = await this.prepareJob(cpDisks);
+    const pause = this.options.atomic && cpDisks.length > 0 && ovDisks.length > 0;
+    try {
+      if (pause) {
+        // Two libvirt calls must see the same instant: nothing runs in the guest in between.
+        await hv.virsh(['suspend', domainName]);
+        this.suspended = true;
+      }
+      // Overlays first: a pull backup job holds the domain's async job until it ends, and
+      // libvirt refuses a snapshot while it runs ("cannot acquire state change lock").
+      if (ovDisks.length) {
+        const others = this.domain.disks.filter((d) => !ovDisks.some((o) => o.disk.target === d.target) && d.device === 'disk').map((d) => d.target);
+        await hv.virsh(snapshotArgs(domainName, this.runId, ovDisks.map((d) => d.overlay!), others, false), { timeoutMs: 300_000 });
+      }
+      if (jobFiles) {
+        await hv.virsh(['backup-begin', domainName, jobFiles.job, jobFiles.checkpoint]);
+        this.jobStarted = true;
+      }
+      this.snapshotTaken = true;
+    } finally {
+      if (this.suspended) {
+        await hv.virsh(['resume', domainName], { signal: null });
+        this.suspended = false;
+      }
+    }
+    if (cpDisks.length) this.newCheckpointXml = await dumpCheckpoint(hv, domainName, this.checkpointName);
+  }
+
+  /** Writes the job and checkpoint XML into the run directory; returns their paths. */
+  private async prepareJob(cpDisks: DiskState[]): Promise<{ job: string; checkpoint: string }> {
+    const incremental = cpDisks.find((d) => d.plan.level === 'incremental' && d.previousAnchor?.mode === 'checkpoint')?.previousAnchor as { checkpoint: string } | undefined;
+    const jobDisks: JobDisk[] = cpDisks.map((d) => ({
+      target: d.disk.target,
+      mode: d.plan.level === 'incremental' && incremental ? 'incremental' : 'full',
+      scratch: `${this.runDir}/${d.disk.target}.scratch`,
+      bitmap: true,
+    }));
+    const others = this.domain.disks.filter((d) => d.device === 'disk' && !cpDisks.some((c) => c.disk.target === d.target)).map((d) => d.target);
+    this.jobServer = await this.nbdServerFor('job');
+    const job = backupJobXml({ ...(incremental ? { incremental: incremental.checkpoint } : {}), server: this.jobServer, disks: jobDisks, otherDisks: others });
+    const cp = checkpointXml(
+      this.checkpointName,
+      [...jobDisks.map((d) => ({ target: d.target, bitmap: true })), ...others.map((t) => ({ target: t, bitmap: false }))],
+      `vprotect ${this.runId} (${this.target.vmName})`,
+    );
+    const paths = { job: `${this.runDir}/backup.xml`, checkpoint: `${this.runDir}/checkpoint.xml` };
+    await this.hv.writeFile(paths.job, job, '0644');
+    await this.hv.writeFile(paths.checkpoint, cp, '0644');
+    return paths;
+  }
+
+  private jobServer: NbdServer | undefined;
+  private usedPorts = new Set<number>();
+
+  /** A unix socket in the run dir (ssh transport) or a free TCP port of the hypervisor's netcat range. */
+  private async nbdServerFor(name: string): Promise<NbdServer> {
+    if (this.options.transport === 'ssh') return { transport: 'unix', socket: `${this.runDir}/${name}.sock` };
+    const nc = this.hv.config.netcat;
+    if (!nc) throw new UsageError(`transport netcat needs netcat.ports for hypervisor ${this.hv.name} in the inventory`);
+    const [lo, hi] = nc.ports.split('-').map(Number) as [number, number | undefined];
+    const listening = new Set(
+      (await this.hv.exec(['ss', '-Htln'], { signal: null })).stdout
+        .split('\n')
+        .map((l) => Number(/:(\d+)\s/.exec(l)?.[1]))
+        .filter((n) => n > 0),
+    );
+    for (let p = lo; p <= (hi ?? lo); p++) {
+      if (!listening.has(p) && !this.usedPorts.has(p)) {
+        this.usedPorts.add(p);
+        return { transport: 'tcp', host: nc.address ?? this.hv.config.address, port: p };
+      }
+    }
+    throw new UnavailableError(`no free port in ${nc.ports} on ${this.hv.name} for the NBD data channel`);
+  }
+
+  private dialer(server: NbdServer): NbdDialer {
+    if (server.transport === 'unix') return this.hv.conn.nbdDialer({ path: server.socket });
+    return () => connectSocketChannel({ host: server.host, port: server.port });
+  }
+
+  read(plan: DiskPlan): AsyncIterable<Extent> {
+    const state = this.disks.find((d) => d.disk.target === plan.key);
+    if (!state) throw new UsageError(`disk ${plan.key} was not planned`);
+    return this.readDisk(state, plan);
+  }
+
+  private async *readDisk(state: DiskState, plan: DiskPlan): AsyncGenerator<Extent> {
+    const signal = this.ctx.signal;
+    const counters = newCounters();
+    const target = state.disk.target;
+    let session: NbdSession | undefined;
+    let pidFile: string | undefined;
+    try {
+      let contexts: readonly string[];
+      let server: NbdServer;
+      if (state.mode === 'checkpoint') {
+        server = this.jobServer!;
+        contexts = plan.level === 'incremental' ? dirtyReadContexts(jobBitmapName(target)) : FULL_READ_CONTEXTS;
+      } else {
+        // qemu-nbd on the frozen file: the overlay's base in snapshot mode, the disk itself offline.
+        const file = state.mode === 'snapshot' ? state.overlay!.frozen : state.disk.path!;
+        const format = state.mode === 'snapshot' ? frozenFormat(state) : ((state.disk.format ?? 'raw') as 'qcow2' | 'raw');
+        server = await this.nbdServerFor(`${target}.nbd`);
+        pidFile = `${this.runDir}/${target}.nbd.pid`;
+        this.journal.nbdPidFiles = [...(this.journal.nbdPidFiles ?? []), pidFile];
+        await writeJournal(this.hv, this.journal);
+        const depth = plan.level === 'incremental';
+        await startQemuNbd(this.hv, { file, format, exportName: target, server, pidFile, allocationDepth: depth });
+        contexts = depth ? DEPTH_READ_CONTEXTS : FULL_READ_CONTEXTS;
+      }
+      session = await NbdSession.open(this.dialer(server), {
+        exportName: target,
+        metaContexts: contexts,
+        connections: server.transport === 'tcp' ? 2 : 1,
+        log: this.ctx.log,
+      });
+      if (session.info.size !== plan.size) throw new UnavailableError(`${this.domainName} ${target}: the NBD export is ${session.info.size} bytes, libvirt said ${plan.size}`);
+      const opts = { signal, counters };
+      if (plan.level === 'full') yield* readFull(session, opts);
+      else if (state.mode === 'checkpoint') yield* readDirty(session, jobBitmapName(target), opts);
+      else yield* readAllocationDepth(session, opts);
+      this.ctx.log.debug(`${this.domainName} ${target}: read`, { ...counters });
+    } finally {
+      if (session) await session.close().catch(() => session!.destroy());
+      if (pidFile) await stopQemuNbd(this.hv, pidFile).catch((e: unknown) => this.ctx.log.warn(`stopping qemu-nbd of ${target}: ${errorMessage(e)}`));
+    }
+  }
+
+  sourceAnchor(plan: DiskPlan): DiskAnchor {
+    const state = this.disks.find((d) => d.disk.target === plan.key)!;
+    const base = { strategy: 'libvirt-ssh' as const, domainUuid: this.domain.uuid };
+    if (state.mode === 'checkpoint' && this.newCheckpointXml) {
+      return { ...base, mode: 'checkpoint', checkpoint: this.checkpointName, checkpointXml: this.newCheckpointXml, path: state.disk.path! };
+    }
+    if (state.mode === 'snapshot' && state.overlay) return { ...base, mode: 'snapshot', overlay: state.overlay.overlay, path: state.disk.path! };
+    return { ...base, mode: 'none', reason: `domain was ${this.domainState}`, ...(state.disk.path ? { path: state.disk.path } : {}) };
+  }
+
+  async metadata(): Promise<MetadataFile[]> {
+    const disks = this.disks.map((d) => ({
+      target: d.disk.target,
+      device: d.disk.device,
+      type: d.disk.type,
+      format: d.disk.format ?? null,
+      path: d.disk.path ?? null,
+      backing: d.disk.backing,
+      mode: d.mode,
+      level: d.plan.level,
+      reason: d.plan.reason,
+    }));
+    return [
+      { name: 'domain.xml', content: this.inactiveXml },
+      {
+        name: 'libvirt.json',
+        content: `${JSON.stringify({ hypervisor: this.hv.name, domain: this.domainName, uuid: this.domain.uuid, state: this.domainState, runId: this.runId, disks, skipped: this.skipped }, null, 2)}\n`,
+      },
+    ];
+  }
+
+  async commit(): Promise<void> {
+    this.journal.phase = 'committing';
+    await writeJournal(this.hv, this.journal);
+    await finishRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused' });
+    this.finished = true;
+  }
+
+  async abort(reason: unknown): Promise<void> {
+    if (this.finished) return;
+    if (!(reason instanceof InterruptedError)) this.ctx.log.debug(`undoing ${this.runId} on ${this.hv.name}`, { reason: errorMessage(reason) });
+    const { hv, domainName } = this;
+    const problems: string[] = [];
+    const step = async (what: string, fn: () => Promise<unknown>) => {
+      try {
+        await fn();
+      } catch (err) {
+        problems.push(`${what}: ${errorMessage(err)}`);
+      }
+    };
+    if (this.suspended) await step('resume', () => hv.virsh(['resume', domainName], { signal: null }));
+    if (this.frozen) await step('thaw', () => thawGuest(hv, domainName));
+    await step('undo the run', () => rollbackRun(hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused' }));
+    this.finished = true;
+    if (problems.length) {
+      throw new UnavailableError(`could not undo everything on ${hv.name}: ${problems.join('; ')}`, { hint: `run \`vprotect cleanup\`, or see ${this.runDir}/journal.json on ${hv.name}` });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.borrowed.release();
+  }
+}
+
+/** The format of the frozen file of snapshot mode: the disk's own format, or qcow2 for a kept overlay. */
+function frozenFormat(state: DiskState): 'qcow2' | 'raw' {
+  if (state.overlay?.commitInto) return 'qcow2';
+  return (state.disk.format ?? 'raw') as 'qcow2' | 'raw';
+}
