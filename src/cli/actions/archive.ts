@@ -4,6 +4,7 @@ import { rename, rm } from 'node:fs/promises';
 import { isatty } from 'node:tty';
 import { UsageError } from '../../errors.js';
 import { exportPoint as exportToStream, importArchive } from '../../repository/archive.js';
+import { dataStdout } from '../data-stdout.js';
 import type { Action } from '../main.js';
 import { bytes, openRepo } from './repository-common.js';
 
@@ -14,7 +15,7 @@ export const exportPoint: Action = async (ctx, args, opts) => {
   const repo = await openRepo(ctx, opts);
   const point = await repo.findPoint(String(args[0]));
   if (!output) {
-    const r = await exportToStream(repo, point, process.stdout, { signal: ctx.signal });
+    const r = await exportToStream(repo, point, dataStdout(), { signal: ctx.signal });
     ctx.log.info(`exported point ${point.pointId}: ${r.disks} disk(s), ${bytes(r.bytes)}`);
     return;
   }
