@@ -173,12 +173,16 @@ export class NbdConnection {
     return this.dead;
   }
 
-  /** Reads [offset, offset+length) into a new buffer. Holes come back as zeros. */
-  read(offset: number, length: number): Promise<Buffer> {
+  /**
+   * Reads [offset, offset+length) into `into` (its first `length` bytes; a view of it is
+   * returned) or into a new buffer. Holes come back as zeros.
+   */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     if (length === 0) return Promise.resolve(Buffer.alloc(0));
     const problem = this.checkRange(offset, length, true);
     if (problem) return Promise.reject(problem);
-    return this.send(Cmd.READ, offset, length, Buffer.allocUnsafe(length)) as Promise<Buffer>;
+    if (into && into.length < length) return Promise.reject(new RangeError(`read buffer of ${into.length} bytes is smaller than the ${length} requested`));
+    return this.send(Cmd.READ, offset, length, into ? into.subarray(0, length) : Buffer.allocUnsafe(length)) as Promise<Buffer>;
   }
 
   /**

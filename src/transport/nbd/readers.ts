@@ -21,7 +21,12 @@ import { CONTEXT_ALLOCATION_DEPTH, CONTEXT_BASE_ALLOCATION, dirtyBitmapContext, 
 import type { NbdSource } from './session.js';
 
 export interface ExtentReaderOptions {
-  /** Largest single READ (default 8 MiB; never more than the server's maximum). */
+  /**
+   * Largest single READ (default 512 KiB; never more than the server's maximum). Adjacent
+   * ranges are joined up to this size. Measured against qemu-nbd (1 GiB raw, unix socket):
+   * 256–512 KiB reads ~560 MiB/s, 1 MiB ~220–350, 4 MiB ~170, 8 MiB ~140 — qemu serves one
+   * big request at a time, many medium ones in parallel.
+   */
   maxRequestBytes?: number;
   /** Bytes requested and not yet handed to the consumer (default 64 MiB). */
   maxBytesInFlight?: number;
@@ -29,6 +34,13 @@ export interface ExtentReaderOptions {
   maxRequestsInFlight?: number;
   /** Data is checked for all-zero blocks of this size (absolute alignment); 0 turns it off. Default 64 KiB. */
   zeroBlockSize?: number;
+  /**
+   * Recycle read buffers: an extent's `data` is then only valid until the next extent is
+   * requested — the consumer must write or copy it before asking for more. Fresh multi-MiB
+   * buffers cost a page fault per 4 KiB on first touch; measured here, reusing them made
+   * copying 5–20× cheaper. Default false (every extent owns its bytes).
+   */
+  reuseBuffers?: boolean;
   signal?: AbortSignal;
   /** Filled in as the reader goes (for progress and reports). */
   counters?: ReaderCounters;
@@ -124,7 +136,7 @@ interface Limits {
 
 function resolveLimits(source: NbdSource, o: ExtentReaderOptions): Limits {
   const { minBlock, maxBlock } = source.info;
-  let maxRequest = Math.min(o.maxRequestBytes ?? 8 * 1024 * 1024, maxBlock);
+  let maxRequest = Math.min(o.maxRequestBytes ?? 512 * 1024, maxBlock);
   maxRequest = Math.max(minBlock, Math.floor(maxRequest / minBlock) * minBlock);
   return {
     maxRequest,
@@ -243,7 +255,11 @@ async function* execute(
   interface Entry {
     op: ReadOp;
     data?: Promise<Buffer>;
+    buffer?: Buffer;
   }
+  // Recycled destination buffers (reuseBuffers): at most one per request in flight, plus the
+  // one whose extents the consumer holds.
+  const free: Buffer[] = [];
   const queue: Entry[] = [];
   let bytes = 0;
   let reads = 0;
@@ -262,7 +278,8 @@ async function* execute(
         const op = next.value;
         const entry: Entry = { op };
         if (op.kind === 'read') {
-          entry.data = source.read(op.offset, op.length);
+          if (options.reuseBuffers) entry.buffer = free.pop() ?? Buffer.allocUnsafe(limits.maxRequest);
+          entry.data = source.read(op.offset, op.length, entry.buffer);
           // Observed later in order; a failure here must not become an unhandled rejection.
           entry.data.catch(() => {});
           bytes += op.length;
@@ -286,6 +303,8 @@ async function* execute(
       counters.readBytes += data.length;
       if (data.length !== head.op.length) throw new NbdProtocolError(source.description, `READ ${head.op.offset}+${head.op.length} returned ${data.length} bytes`);
       yield* splitZeroBlocks(head.op.offset, data, limits.zeroBlock);
+      // The consumer asked for the next extent: by the reuseBuffers contract it is done with these.
+      if (head.buffer) free.push(head.buffer);
     }
   } finally {
     await ops.return(undefined);

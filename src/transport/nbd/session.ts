@@ -17,7 +17,8 @@ export interface NbdSource {
   readonly info: ExportInfo;
   /** Where the export is, for error messages. */
   readonly description: string;
-  read(offset: number, length: number): Promise<Buffer>;
+  /** Reads into `into` when given (a view of it is returned), else into a new buffer. */
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   blockStatus(offset: number, length: number): Promise<BlockStatus>;
 }
 
@@ -71,14 +72,14 @@ export class NbdSession implements NbdSource {
     return this.connections.length;
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
     let best: NbdConnection | undefined;
     for (const c of this.connections) {
       if (c.failure) continue;
       if (!best || c.outstandingBytes < best.outstandingBytes) best = c;
     }
     if (!best) return Promise.reject(this.connections[0]!.failure ?? new UnavailableError(`no usable NBD connection to ${this.description}`));
-    return best.read(offset, length);
+    return best.read(offset, length, into);
   }
 
   blockStatus(offset: number, length: number): Promise<BlockStatus> {

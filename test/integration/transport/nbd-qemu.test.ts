@@ -115,6 +115,28 @@ describe('NBD client against qemu-nbd', () => {
     expect(counters.readRequests).toBeGreaterThan(60);
   });
 
+  it('full read with recycled buffers: each extent checked before the next is requested', async () => {
+    const s = await open(FULL_READ_CONTEXTS);
+    const buffers = new Set<ArrayBufferLike>();
+    let end = 0;
+    let dataExtents = 0;
+    for await (const e of readFull(s, { reuseBuffers: true, maxRequestBytes: 256 * KiB, maxBytesInFlight: 1 * MiB })) {
+      expect(e.offset).toBe(end);
+      const want = disk.reference.subarray(e.offset, e.offset + e.length);
+      if (e.data) {
+        expect(e.data.equals(want)).toBe(true);
+        buffers.add(e.data.buffer);
+        dataExtents++;
+      } else expect(want.equals(Buffer.alloc(e.length))).toBe(true);
+      end += e.length;
+    }
+    await s.close();
+    expect(end).toBe(disk.size);
+    // ~5 MiB of data in 256 KiB reads, but only (1 MiB in flight / 256 KiB) + 1 buffers ever made.
+    expect(dataExtents).toBeGreaterThan(15);
+    expect(buffers.size).toBeLessThanOrEqual(5);
+  });
+
   it('dirty read: exactly the ranges dirty in the bitmap (per nbdinfo), dirty ∧ zero as zero extents', async () => {
     const s = await open(dirtyReadContexts(disk.bitmap));
     const extents = await collect(readDirty(s, disk.bitmap));
