@@ -1,0 +1,140 @@
+/**
+ * libvirt-ssh in the situations around the plain backup: checkpoints lost when Nova undefines
+ * and redefines a domain, snapshot mode on qcow2 with discards, the netcat data channel,
+ * quiesce and hooks, and restoring a whole domain to the hypervisor under a new name.
+ * Every point is restored and compared with the disk as it was at its snapshot.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { restoreDomain } from '../../../strategies/libvirt-ssh/restore.js';
+import { createDomain, destroyDomain, diskDigest, guestWrites, harness, hypervisorState, KiB, labEnv, MiB, scatteredWrites, sh, tryVirsh, virsh, type LabEnv } from './fixture.js';
+
+let env: LabEnv;
+const domains: string[] = [];
+
+beforeAll(() => {
+  env = labEnv();
+});
+
+afterAll(() => {
+  for (const d of domains) destroyDomain(env, d);
+});
+
+/** What Nova does on a hard reboot: destroy, undefine (checkpoint metadata gone), define the same XML, start. */
+function novaHardReboot(name: string, between?: () => void): void {
+  const xml = virsh('dumpxml', '--inactive', name);
+  const file = join(env.scratch, `${name}.reboot.xml`);
+  writeFileSync(file, xml);
+  virsh('destroy', name);
+  virsh('undefine', name, '--checkpoints-metadata');
+  between?.();
+  virsh('define', file);
+  virsh('start', name);
+}
+
+describe('checkpoints lost after undefine/define', () => {
+  const name = `vpt-lost-${process.pid}`;
+
+  it('redefines the checkpoint from the repository, or falls back to a full; the chain still restores', async () => {
+    domains.push(name);
+    const dom = createDomain(env, name, [{ target: 'vda', format: 'qcow2' }]);
+    const h = await harness(env, name);
+    const full = await h.backup('auto');
+    expect(await h.restoredDigest(full.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+
+    guestWrites(name, 0, scatteredWrites(16, 64 * KiB, 11, 8 * MiB, 60 * MiB));
+    novaHardReboot(name);
+    expect(tryVirsh('checkpoint-list', name, '--name')?.trim()).toBe('');
+    const inc = await h.backup('auto');
+    expect(inc.level, inc.disks[0]!.reason).toBe('incremental');
+    expect(inc.disks[0]!.dataBytes).toBe(16 * 64 * KiB);
+    expect(await h.restoredDigest(inc.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+
+    // Now the bitmap goes too (image rebuilt): nothing to redefine from, so a full with the reason.
+    guestWrites(name, 0, scatteredWrites(4, 64 * KiB, 12, 8 * MiB, 60 * MiB));
+    const bitmap = virsh('checkpoint-list', name, '--name').trim();
+    novaHardReboot(name, () => sh('qemu-img', ['bitmap', '--remove', dom.disks[0]!.path, bitmap]));
+    const fallback = await h.backup('auto');
+    expect(fallback.level).toBe('full');
+    expect(fallback.disks[0]!.reason).toMatch(/checkpoint vprotect-run-\S+ is gone and could not be redefined/);
+    expect(await h.restoredDigest(fallback.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+    // The older points of the first chain still restore.
+    expect(await h.restoredDigest(inc.pointId, 'vda')).not.toBe('');
+  });
+});
+
+describe('snapshot mode on a qcow2 disk, over the netcat data channel', () => {
+  const name = `vpt-snap-${process.pid}`;
+
+  it('kept overlay: discarded and write-zeroed ranges restore as zeros; restore defines and starts a renamed domain', async () => {
+    domains.push(name, `${name}-r`);
+    createDomain(env, name, [{ target: 'vda', format: 'qcow2' }]);
+    const h = await harness(env, name, { mode: 'snapshot', transport: 'netcat' });
+    const full = await h.backup('auto');
+    expect(full.disks[0]!.reason).toMatch(/mode snapshot/);
+    expect(await h.restoredDigest(full.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+
+    // Discard 1 MiB of the random data, write zeros over the 'Z' megabyte, and some data.
+    guestWrites(name, 0, [`discard ${2 * MiB} ${MiB}`, `write -z ${32 * MiB} ${MiB}`, `write -P 0x77 ${20 * MiB} ${512 * KiB}`]);
+    const inc = await h.backup('auto');
+    expect(inc.level).toBe('incremental');
+    expect(inc.disks[0]!.dataBytes).toBe(512 * KiB);
+    expect(inc.disks[0]!.zeroBytes).toBe(2 * MiB);
+    const ref = diskDigest(env, name, 'vda');
+    expect(await h.restoredDigest(inc.pointId, 'vda')).toBe(ref);
+    const state = hypervisorState(env, name);
+    expect(state.job || state.runDirs.length > 0).toBe(false);
+
+    // Restore the whole domain next to the original, renamed, and start it.
+    const point = await h.repo.findPoint(inc.pointId);
+    const r = await restoreDomain({ repo: h.repo, point, hypervisor: env.hv, env: {}, name: `${name}-r`, dir: env.vms, format: 'qcow2', start: true });
+    expect(r.started).toBe(true);
+    expect(virsh('domstate', `${name}-r`).trim()).toBe('running');
+    expect(r.uuid).not.toBe(virsh('domuuid', name).trim());
+    expect(diskDigest(env, `${name}-r`, 'vda')).toBe(ref);
+    // Its serial log is its own, not the original's.
+    expect(virsh('dumpxml', `${name}-r`)).toContain(`${name}-r.serial.log`);
+    // A second restore under the same name is refused, and leaves the first alone.
+    await expect(restoreDomain({ repo: h.repo, point, hypervisor: env.hv, env: {}, name: `${name}-r`, dir: env.vms })).rejects.toThrow(/already exists/);
+    expect(virsh('domstate', `${name}-r`).trim()).toBe('running');
+  });
+});
+
+describe('consistency: quiesce and hooks', () => {
+  const name = `vpt-qui-${process.pid}`;
+
+  it('quiesce try without an agent is crash-consistent and says so; require fails and leaves nothing; hooks run and a failing one aborts', async () => {
+    domains.push(name);
+    createDomain(env, name, [{ target: 'vda', format: 'qcow2' }], { agentChannel: true });
+    const h = await harness(env, name);
+    const marker = join(env.scratch, 'hook-marker');
+    const tried = await h.backup('full', {
+      policy: {
+        quiesce: 'try',
+        hooks: {
+          preSnapshot: [{ run: `echo pre >> ${marker}`, where: 'hypervisor', timeoutSeconds: 10 }],
+          postSnapshot: [{ run: ['sh', '-c', `echo post >> ${marker}`], where: 'local' }],
+        },
+      },
+    });
+    expect(tried.consistency?.level).toBe('app');
+    expect(String(tried.consistency?.['note'])).toMatch(/guest agent is not connected|not responding/i);
+    expect(sh('cat', [marker])).toBe('pre\npost\n');
+    expect(await h.restoredDigest(tried.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+
+    await expect(h.backup('incremental', { policy: { quiesce: 'require' } })).rejects.toThrow(/cannot quiesce/);
+    await expect(h.backup('incremental', { policy: { hooks: { preSnapshot: [{ run: 'exit 3', onFailure: 'abort' }] } } })).rejects.toThrow(/pre-snapshot hook "exit 3" \(hypervisor\) failed with exit status 3/);
+    const state = hypervisorState(env, name);
+    expect(state).toMatchObject({ job: false, runDirs: [] });
+    expect(state.checkpoints).toHaveLength(1);
+
+    // The chain goes on from the point before the failures.
+    guestWrites(name, 0, [`write -P 0x33 ${9 * MiB} ${64 * KiB}`]);
+    const inc = await h.backup('incremental', { policy: { quiesce: 'try' } });
+    expect(inc.level).toBe('incremental');
+    expect(inc.consistency?.level).toBe('crash');
+    expect(inc.disks[0]!.dataBytes).toBe(64 * KiB);
+    expect(await h.restoredDigest(inc.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+  });
+});
