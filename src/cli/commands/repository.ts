@@ -21,8 +21,24 @@ export function repositoryCommands(program: Command, bind: Bind): void {
     .option('--to-file <path>', 'write a sparse file')
     .addOption(new Option('--format <format>', 'format of --to-file').choices(['raw', 'qcow2']).default('raw'))
     .option('--to-stdout', 'write the raw disk to stdout')
+    .option('--to-rbd <pool/image>', 'write into a new RBD image (ceph-rbd; --overwrite to replace an existing one)')
+    .option('--overwrite', 'with --to-rbd: replace the content of an existing image')
+    .option('--ceph <cluster>', 'with --to-rbd: the inventory\'s Ceph cluster (default: its only one)')
     .addOption(destination())
     .action(bind(async () => (await import('../actions/restore.js')).restore));
+
+  program
+    .command('restore-vm')
+    .description('restore a whole libvirt domain from a libvirt-ssh point: disks written to a hypervisor over SSH, the saved XML defined under a new name (new UUID, paths rewritten)')
+    .requiredOption('--point <id>', 'the restore point')
+    .requiredOption('--to-hypervisor <name>', 'inventory hypervisor to restore to')
+    .requiredOption('--define-as <name>', 'name of the new domain')
+    .requiredOption('--dir <path>', 'directory on the hypervisor for the disk files')
+    .addOption(new Option('--format <format>', 'format of the disk files').choices(['qcow2', 'raw']).default('qcow2'))
+    .option('--disk <key...>', 'only these disks (default: all)')
+    .option('--start', 'start the domain once defined')
+    .addOption(destination())
+    .action(bind(async () => (await import('../actions/restore-vm.js')).restoreVm));
 
   program
     .command('list')
