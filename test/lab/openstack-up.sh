@@ -12,6 +12,8 @@
 # Env:   LAB_TOKEN_TTL=3600     Keystone token lifetime in seconds
 #        LAB_NOVA_RBD=1         0: no second (rbd) compute
 #        LAB_DEPS_TIMEOUT=900   seconds to wait for $LAB/state/{ceph,hypervisor}.ready
+#        LAB_OS_RESETUP=1       re-apply the Keystone content and resources (normally done
+#                               only when lab-setup.py changed: they live in the database)
 #
 # Layout: configs $LAB/openstack/etc, data $LAB/openstack/data, logs $LAB/logs/os-*.log,
 # pid files $LAB/pids/os-*.pid. Result: $LAB/openstack.json, $LAB/etc/clouds.yaml,
@@ -315,23 +317,29 @@ sync_all() {
 
 # ---------------------------------------------------------------- OpenStack services
 
-UWSGI=(uwsgi --plugin python3 --master --processes 1 --threads 8 --enable-threads --lazy-apps
-  --die-on-term --need-app --buffer-size 65535 --thunder-lock --disable-logging)
+UWSGI=(uwsgi --plugin python3 --master --enable-threads --lazy-apps --die-on-term --need-app
+  --buffer-size 65535 --thunder-lock --disable-logging)
+# Keystone and Placement are plain threaded WSGI apps. nova-api is eventlet-monkey-patched:
+# with several uwsgi threads, an RPC reply is read by a green thread of the thread that made
+# the FIRST call, and a call from another thread waits for it in vain (MessagingTimeout after
+# 60 s, e.g. on volume attach). So nova-api gets single-threaded workers, as in devstack.
+UWSGI_THREADED=("${UWSGI[@]}" --processes 1 --threads 8)
+UWSGI_NOVA=("${UWSGI[@]}" --processes 2 --threads 1)
 
 start_api_services() {
   # uwsgi --http11-socket (not --http-socket): keystoneauth/requests and node keep the
   # connection alive, and --http-socket resets it (ECONNRESET).
   start_svc os-keystone "$OS_ETC/keystone.conf" env OS_KEYSTONE_CONFIG_DIR="$OS_ETC" \
-    "${UWSGI[@]}" --http11-socket 127.0.0.1:5000 --wsgi-file "$TPL/wsgi/keystone.py"
+    "${UWSGI_THREADED[@]}" --http11-socket 127.0.0.1:5000 --wsgi-file "$TPL/wsgi/keystone.py"
   start_svc os-placement "$OS_ETC/placement.conf" env OS_PLACEMENT_CONFIG_DIR="$OS_ETC" \
-    "${UWSGI[@]}" --http11-socket 127.0.0.1:8778 --wsgi-file "$TPL/wsgi/placement.py"
+    "${UWSGI_THREADED[@]}" --http11-socket 127.0.0.1:8778 --wsgi-file "$TPL/wsgi/placement.py"
   start_svc os-glance-api "$OS_ETC/glance-api.conf $OS_ETC/glance-api-paste.ini" \
     $PY -c 'import sys; from glance.cmd.api import main; sys.exit(main())' \
     --config-file "$OS_ETC/glance-api.conf"
   # nova's WSGI app takes the FIRST file as its paste config.
   start_svc os-nova-api "$OS_ETC/nova.conf $OS_ETC/nova-api.conf $OS_ETC/nova-api-paste.ini" \
     env OS_NOVA_CONFIG_DIR="$OS_ETC" "OS_NOVA_CONFIG_FILES=nova-api-paste.ini;nova.conf;nova-api.conf" \
-    "${UWSGI[@]}" --http11-socket 127.0.0.1:8774 --wsgi-file "$TPL/wsgi/nova-api.py"
+    "${UWSGI_NOVA[@]}" --http11-socket 127.0.0.1:8774 --wsgi-file "$TPL/wsgi/nova-api.py"
   start_svc os-nova-conductor "$OS_ETC/nova.conf" \
     $PY -c 'import sys; from nova.cmd.conductor import main; sys.exit(main())' \
     --config-file "$OS_ETC/nova.conf"
@@ -443,7 +451,8 @@ main() {
   # Keystone content lives in the database: once created (marker next to the data, so a
   # wipe removes both) it is only re-applied when lab-setup.py changes.
   local kmark; kmark=$(md5sum <"$TPL/lab-setup.py" | cut -d' ' -f1)
-  if [ "$(cat "$OS_DATA/.setup-keystone" 2>/dev/null)" != "$kmark" ] || [ ! -f "$LAB/etc/backup-appcred.json" ]; then
+  if [ "$(cat "$OS_DATA/.setup-keystone" 2>/dev/null)" != "$kmark" ] || [ ! -f "$LAB/etc/backup-appcred.json" ] ||
+    [ "${LAB_OS_RESETUP:-0}" = 1 ]; then
     run_logged setup "$PY" "$TPL/lab-setup.py" keystone
     echo "$kmark" >"$OS_DATA/.setup-keystone"
   fi
@@ -469,9 +478,16 @@ main() {
   wait_for "cinder-api" 120 http_ok http://127.0.0.1:8776/
   wait_for "neutron-server" 120 http_ok http://127.0.0.1:9696/
   wait_for "cinder-volume (RBD pool)" 180 cinder_pool_up
-  run_logged setup "$PY" "$TPL/lab-setup.py" resources \
-    --compute-qcow2 "$COMPUTE_QCOW2" --compute-rbd "$([ "$NOVA_RBD" = 1 ] && echo "$COMPUTE_RBD")" \
-    --virt-type "$VIRT_TYPE"
+  # Same for the resources (flavors, image, ...): re-applied when the script or its
+  # arguments change, when openstack.json is missing, or with LAB_OS_RESETUP=1.
+  local rargs=(--compute-qcow2 "$COMPUTE_QCOW2" --compute-rbd "$([ "$NOVA_RBD" = 1 ] && echo "$COMPUTE_RBD")"
+    --virt-type "$VIRT_TYPE")
+  local rmark; rmark=$({ cat "$TPL/lab-setup.py"; echo "${rargs[*]}"; } | md5sum | cut -d' ' -f1)
+  if [ "$(cat "$OS_DATA/.setup-resources" 2>/dev/null)" != "$rmark" ] || [ ! -f "$LAB/openstack.json" ] ||
+    [ "${LAB_OS_RESETUP:-0}" = 1 ]; then
+    run_logged setup "$PY" "$TPL/lab-setup.py" resources "${rargs[@]}"
+    echo "$rmark" >"$OS_DATA/.setup-resources"
+  fi
   if declare -F lab_publish >/dev/null; then
     jq '{openstack: .}' "$LAB/openstack.json" | lab_publish openstack
   fi

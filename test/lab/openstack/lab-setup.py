@@ -11,10 +11,10 @@ calls). Never changes the password of an existing user: that would revoke the to
 running services (wipe the lab to change passwords).
 """
 import argparse
+import array
 import hashlib
 import json
 import os
-import struct
 import sys
 import time
 
@@ -266,8 +266,10 @@ def image_bytes():
     marker = b"vprotect-lab-image v1\n"
     buf[512:512 + len(marker)] = marker
     start, length = 1 << 20, 4 << 20
-    buf[start:start + length] = b"".join(struct.pack(">Q", off)
-                                         for off in range(start, start + length, 8))
+    words = array.array("Q", range(start, start + length, 8))
+    if sys.byteorder == "little":
+        words.byteswap()                      # big-endian words
+    buf[start:start + length] = words.tobytes()
     buf[32 << 20:33 << 20] = b"Z" * (1 << 20)
     buf[IMAGE_SIZE - 4096:] = b"E" * 4096
     return bytes(buf)
