@@ -164,7 +164,7 @@ export async function* statusSegments(
   while (offset < size) {
     throwIfAborted(signal);
     const length = Math.min(size - offset, window);
-    const status = await source.blockStatus(offset, length);
+    const status = await abortable(source.blockStatus(offset, length), signal);
     counters.statusRequests++;
     const lists = contexts.map((c) => status.get(c) ?? []);
     let covered = length;
@@ -297,7 +297,7 @@ async function* execute(
         yield { offset: head.op.offset, length: head.op.length };
         continue;
       }
-      const data = await head.data;
+      const data = await abortable(head.data, options.signal);
       bytes -= head.op.length;
       reads--;
       counters.readBytes += data.length;
@@ -309,6 +309,32 @@ async function* execute(
   } finally {
     await ops.return(undefined);
   }
+}
+
+/** Settles with `promise`, or rejects as soon as `signal` fires (the request itself runs on). */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return promise;
+  throwIfAborted(signal);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      try {
+        throwIfAborted(signal);
+      } catch (err) {
+        reject(err as Error);
+      }
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e as Error);
+      },
+    );
+  });
 }
 
 const ZERO_BUFFER = Buffer.alloc(1024 * 1024);

@@ -127,6 +127,9 @@ export class SshConnection {
     const timeoutMs = options.connectTimeoutMs ?? 20_000;
     const started = Date.now();
     const privateKey = target.privateKey ? checkKey(target, where) : undefined;
+    if (!privateKey && target.password === undefined) {
+      throw new ConfigError(`${where}: no SSH credentials (set keyFile or password for the hypervisor)`);
+    }
     const sock = await connectSocket(target, where, timeoutMs, options.signal);
     const client = new Client();
     // ssh2 may emit late errors after a failed handshake; without a listener they would crash the process.
@@ -136,10 +139,6 @@ export class SshConnection {
     const methods: AnyAuthMethod[] = [];
     if (privateKey) methods.push({ type: 'publickey', username: target.username, key: privateKey, ...(target.passphrase ? { passphrase: target.passphrase } : {}) });
     if (target.password !== undefined) methods.push({ type: 'password', username: target.username, password: target.password });
-    if (methods.length === 0) {
-      sock.destroy();
-      throw new ConfigError(`${where}: no SSH credentials (set keyFile or password for the hypervisor)`);
-    }
     let next = 0;
     const ciphers = options.ciphers ?? [PREFERRED_CIPHER];
     const config: ConnectConfig = {

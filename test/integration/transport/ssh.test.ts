@@ -6,6 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -135,6 +136,40 @@ describe('SSH connection and host keys', () => {
       ),
     );
     expect(most).toBe(1);
+  });
+
+  it('detects a dead link by keepalives and fails the running command clearly', async () => {
+    // A proxy in front of the lab's sshd that can swallow everything: a link that went silent.
+    let blackhole = false;
+    const sockets = new Set<net.Socket>();
+    const proxy = net.createServer((client) => {
+      const upstream = net.connect(ssh.port, ssh.host);
+      for (const s of [client, upstream]) {
+        sockets.add(s);
+        s.on('error', () => {});
+      }
+      client.on('data', (d: Buffer) => blackhole || upstream.write(d));
+      upstream.on('data', (d: Buffer) => blackhole || client.write(d));
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const port = (proxy.address() as net.AddressInfo).port;
+    try {
+      const conn = await SshConnection.connect(sshTarget({ ...hv, port, hostKey: { fingerprint: hostFingerprint() } }, env), { keepaliveIntervalMs: 200, keepaliveCountMax: 2 });
+      const running = conn.exec(['sleep', '5']);
+      running.catch(() => {});
+      await new Promise((r) => setTimeout(r, 300));
+      blackhole = true;
+      const t0 = Date.now();
+      await expect(running).rejects.toThrow(/lost: no answer to keepalives/);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(conn.alive).toBe(false);
+      await expect(conn.exec(['true'])).rejects.toBeInstanceOf(UnavailableError);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => proxy.close(r));
+    }
   });
 
   it('reconnects after the connection was closed', async () => {

@@ -433,3 +433,23 @@ describe('extent readers over a scripted server', () => {
     await session.close();
   });
 });
+
+describe('aborting a reader', () => {
+  it('stops at once while a read is outstanding, with the run\'s reason', async () => {
+    server = await FakeNbdServer.start({
+      size: 4 * MiB,
+      contexts: ['base:allocation'],
+      onRequest: (req, sock, srv) => {
+        if (req.type === 0) return; // reads are never answered
+        serveDisk(req, sock, srv);
+      },
+    });
+    const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: FULL_READ_CONTEXTS });
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 200);
+    const t0 = Date.now();
+    await expect(collect(readFull(session, { signal: ac.signal }))).rejects.toThrow(/interrupted/);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    session.destroy();
+  });
+});
