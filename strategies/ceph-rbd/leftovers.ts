@@ -20,7 +20,6 @@ export async function cephRbdLeftovers(ctx: StrategyContext, known: KnownAnchors
     const r = parseAnchor(a.anchor);
     if (r) anchors.push({ imageId: r.imageId, snapName: r.snapName });
   }
-  const allRead = known !== undefined && known.unreadable.length === 0;
   const out: Leftover[] = [];
   for (const [name, config] of Object.entries(ctx.inventory.cephClusters ?? {})) {
     if (!config.pools?.length) {
@@ -45,7 +44,7 @@ export async function cephRbdLeftovers(ctx: StrategyContext, known: KnownAnchors
         }
         for (const [image, img] of images) {
           if (!img.id || !img.snaps.some(isVprotectSnapshot)) continue;
-          const verdicts = classifyForCleanup({ imageId: img.id, snapshots: img.snaps, anchors, runningSince: known?.runningSince, allRepositoriesRead: allRead });
+          const verdicts = classifyForCleanup({ imageId: img.id, snapshots: img.snaps, anchors, runningSince: known?.runningSince });
           for (const v of verdicts) {
             if (!v.leftover) {
               ctx.log.debug(`cleanup: keeping ${pool}/${image}@${v.snap.name}: ${v.why}`);

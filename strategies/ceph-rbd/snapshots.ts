@@ -137,8 +137,9 @@ export interface LeftoverVerdict {
  * `vprotect cleanup`: which vprotect snapshots of one image are leftovers of killed runs.
  * - an anchor of the newest point of a VM in a repository is kept (the next incremental needs it);
  * - a snapshot made after a backup that is still running began is kept (it may be that run's);
- * - when some repository could not be read and the image has no known anchor, the newest
- *   vprotect snapshot is kept (it may be an anchor we cannot see);
+ * - when no repository of the inventory knows an anchor on the image, the newest vprotect
+ *   snapshot is kept: it may be the anchor of a repository this inventory does not name (or
+ *   could not read); a killed first backup's snapshot then stays until the next run rotates it;
  * - everything else of ours is a leftover.
  */
 export function classifyForCleanup(input: {
@@ -147,8 +148,6 @@ export function classifyForCleanup(input: {
   anchors: KnownAnchor[];
   /** Start of the oldest backup still running, if any. */
   runningSince: Date | undefined;
-  /** True when every repository of the inventory was read. */
-  allRepositoriesRead: boolean;
 }): LeftoverVerdict[] {
   const ours = input.snapshots.filter(isVprotectSnapshot).sort((a, b) => a.id - b.id);
   const anchored = new Set(input.anchors.filter((a) => a.imageId === input.imageId).map((a) => a.snapName));
@@ -157,7 +156,7 @@ export function classifyForCleanup(input: {
     if (anchored.has(snap.name)) return { snap, leftover: false, why: 'anchor of the newest point (the next incremental starts from it)' };
     const t = snapshotTime(snap.name);
     if (input.runningSince && t && t.getTime() >= input.runningSince.getTime() - 1000) return { snap, leftover: false, why: 'made after a backup that is still running began' };
-    if (!input.allRepositoriesRead && anchored.size === 0 && snap === newest) return { snap, leftover: false, why: 'newest vprotect snapshot, and not every repository could be read' };
-    return { snap, leftover: true, why: anchored.size ? 'not the anchor of any newest point' : 'no repository has a point taken from it' };
+    if (anchored.size === 0 && snap === newest) return { snap, leftover: false, why: 'newest vprotect snapshot, and no repository of this inventory knows the image (it may be the anchor of another)' };
+    return { snap, leftover: true, why: anchored.size ? 'not the anchor of the newest point' : 'older than the newest vprotect snapshot, and no repository of this inventory knows the image' };
   });
 }

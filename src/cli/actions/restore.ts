@@ -9,6 +9,7 @@ import type { CliContext } from '../context.js';
 import { dataStdout } from '../data-stdout.js';
 import type { Action } from '../main.js';
 import { bytes, openRepo } from './repository-common.js';
+import { rbdRestoreTarget } from './restore-rbd.js';
 
 interface TargetEntry {
   option: string;
@@ -21,6 +22,7 @@ interface TargetEntry {
 const targets: TargetEntry[] = [
   { option: 'toFile', flag: '--to-file', make: (o) => new FileTarget(String(o['toFile']), o['format'] as 'raw' | 'qcow2') },
   { option: 'toStdout', flag: '--to-stdout', stdout: true, make: () => new StreamTarget(dataStdout(), 'stdout') },
+  { option: 'toRbd', flag: '--to-rbd', make: (o, ctx) => rbdRestoreTarget(o, ctx) },
 ];
 
 export const restore: Action = async (ctx, _args, opts) => {
@@ -31,6 +33,7 @@ export const restore: Action = async (ctx, _args, opts) => {
   const entry = chosen[0]!;
   if (entry.stdout && ctx.out.json) throw new UsageError('--to-stdout writes the disk to stdout; it cannot be combined with --json');
   if (opts['format'] !== 'raw' && entry.option !== 'toFile') throw new UsageError('--format applies to --to-file');
+  if ((opts['overwrite'] === true || opts['ceph'] !== undefined) && entry.option !== 'toRbd') throw new UsageError('--overwrite and --ceph apply to --to-rbd');
   const repo = await openRepo(ctx, opts);
   const point = await repo.findPoint(String(opts['point']));
   let key = opts['disk'] as string | undefined;

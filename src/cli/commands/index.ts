@@ -5,6 +5,7 @@
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
 import { backupCommands } from './backup.js';
+import { cleanupCommands } from './cleanup.js';
 import { inventoryCommands } from './inventory.js';
 import { openstackCommands } from './openstack.js';
 import { repositoryCommands } from './repository.js';
@@ -13,4 +14,4 @@ import { repositoryCommands } from './repository.js';
 export type Bind = (load: () => Promise<Action>) => (...args: unknown[]) => Promise<void>;
 export type CommandGroup = (program: Command, bind: Bind) => void;
 
-export const commandGroups: CommandGroup[] = [inventoryCommands, backupCommands, repositoryCommands, openstackCommands];
+export const commandGroups: CommandGroup[] = [inventoryCommands, backupCommands, repositoryCommands, openstackCommands, cleanupCommands];

@@ -24,6 +24,9 @@ export function repositoryCommands(program: Command, bind: Bind): void {
     .option('--to-rbd <pool/image>', 'write into a new RBD image (ceph-rbd; --overwrite to replace an existing one)')
     .option('--overwrite', 'with --to-rbd: replace the content of an existing image')
     .option('--ceph <cluster>', 'with --to-rbd: the inventory\'s Ceph cluster (default: its only one)')
+    .option('--to-rbd <pool/image>', 'write into a new RBD image (ceph-rbd; --overwrite to replace an existing one)')
+    .option('--overwrite', 'with --to-rbd: replace the content of an existing image')
+    .option('--ceph <cluster>', 'with --to-rbd: the inventory\'s Ceph cluster (default: its only one)')
     .addOption(destination())
     .action(bind(async () => (await import('../actions/restore.js')).restore));
 

@@ -126,7 +126,7 @@ describe('rotation after a durable point', () => {
 describe('cleanup: which vprotect snapshots are leftovers', () => {
   const snaps = [snap(1, 'cinder-snap'), snap(4, `vprotect-${P1}`), snap(6, `vprotect-${P2}`), snap(8, `vprotect-${P3}`)];
   const verdicts = (over: Partial<Parameters<typeof classifyForCleanup>[0]>) =>
-    Object.fromEntries(classifyForCleanup({ imageId: 'img1', snapshots: snaps, anchors: [], runningSince: undefined, allRepositoriesRead: true, ...over }).map((v) => [v.snap.name, v.leftover]));
+    Object.fromEntries(classifyForCleanup({ imageId: 'img1', snapshots: snaps, anchors: [], runningSince: undefined, ...over }).map((v) => [v.snap.name, v.leftover]));
 
   it('keeps the anchor of the newest point, even when a newer snapshot (killed run) exists', () => {
     expect(verdicts({ anchors: [{ imageId: 'img1', snapName: `vprotect-${P2}` }] })).toEqual({ [`vprotect-${P1}`]: true, [`vprotect-${P2}`]: false, [`vprotect-${P3}`]: true });
@@ -137,10 +137,11 @@ describe('cleanup: which vprotect snapshots are leftovers', () => {
   });
 
   it('keeps snapshots made after a running backup began', () => {
-    expect(verdicts({ runningSince: new Date('2026-11-24T22:30:00Z') })).toEqual({ [`vprotect-${P1}`]: true, [`vprotect-${P2}`]: true, [`vprotect-${P3}`]: false });
+    const anchors = [{ imageId: 'img1', snapName: `vprotect-${P1}` }];
+    expect(verdicts({ anchors, runningSince: new Date('2026-11-24T22:30:00Z') })).toEqual({ [`vprotect-${P1}`]: false, [`vprotect-${P2}`]: true, [`vprotect-${P3}`]: false });
   });
 
-  it('keeps the newest when a repository could not be read and no anchor is known', () => {
-    expect(verdicts({ allRepositoriesRead: false })).toEqual({ [`vprotect-${P1}`]: true, [`vprotect-${P2}`]: true, [`vprotect-${P3}`]: false });
+  it('keeps the newest when no repository knows the image (it may be another inventory\'s anchor)', () => {
+    expect(verdicts({})).toEqual({ [`vprotect-${P1}`]: true, [`vprotect-${P2}`]: true, [`vprotect-${P3}`]: false });
   });
 });
