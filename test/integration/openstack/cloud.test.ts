@@ -16,7 +16,7 @@ import { Cloud } from '../../../src/openstack/cloud.js';
 import { planRestore, readMetadata } from '../../../src/openstack/plan.js';
 import { commandProbe } from '../../../src/openstack/probe.js';
 import * as restore from '../../../src/openstack/restore.js';
-import { settingsFromEnvironment } from '../../../src/openstack/settings.js';
+import { settingsFromEnvironment, settingsFromInventory } from '../../../src/openstack/settings.js';
 import { syncCloud, type SyncReport } from '../../../src/openstack/sync.js';
 import { SshPool } from '../../../src/transport/ssh.js';
 import { requireLab } from '../../helpers/lab.js';
@@ -28,6 +28,8 @@ requireLab('openstack', 'hypervisor', 'ceph');
 const lab = labOpenStack();
 const env = { OS_CLIENT_CONFIG_FILE: lab.cloudsYaml };
 const log = recordingLogger();
+/** The shared lab restarts services while other suites run (≈50 s for nova-api under load): ride that out. */
+const PATIENT = { attempts: 8, baseDelayMs: 1_000, maxDelayMs: 20_000 };
 const tag = `vp-${Date.now().toString(36)}`;
 const rbdAz = lab.computes.find((c) => c.imagesType === 'rbd')!;
 const qcowAz = lab.computes.find((c) => c.imagesType === 'qcow2')!;
@@ -44,8 +46,9 @@ let aliceVm: string; // demo, image-booted on the rbd compute, alice's keypair
 const inventory: Inventory = parseInventory('/lab.yaml', readFileSync(new URL('../../../examples/lab.yaml', import.meta.url), 'utf8'), { env: {}, offline: true });
 
 beforeAll(async () => {
-  backup = await Cloud.connect(settingsFromEnvironment({ env, osCloud: 'lab-backup' }), { log });
-  alice = await Cloud.connect(settingsFromEnvironment({ env, osCloud: 'lab-alice' }), { log });
+  // The inventory's own cloud entry: its name ("lab") is what policies and cephClusters.usedBy refer to.
+  backup = await Cloud.connect(settingsFromInventory('lab', inventory.clouds['lab']!, { env: {} }), { log, retry: PATIENT });
+  alice = await Cloud.connect(settingsFromEnvironment({ env, osCloud: 'lab-alice' }), { log, retry: PATIENT });
   const flavor = lab.flavors['m1.tiny']!;
   dataVolume = (await restore.createVolume(backup, { sizeGb: 1, name: `${tag}-data`, volumeType: lab.volumeType.name })).id;
   created.volumes.push(dataVolume);

@@ -181,3 +181,24 @@ describe('secret stripping', () => {
     expect(stripSecrets({ a: 1, adminPass: 'x', nested: [{ private_key: 'k', keep: 'y', connection_info: { auth_password: 'p', name: 'n' } }] })).toEqual({ a: 1, nested: [{ keep: 'y', connection_info: { name: 'n' } }] });
   });
 });
+
+describe('hypervisor reachability (TCP + SSH banner)', () => {
+  it('reachable when the port answers with an SSH banner; not when it is something else or closed', async () => {
+    const net = await import('node:net');
+    const { tcpCheck } = await import('../../../src/openstack/probe.js');
+    const serve = (banner: string) =>
+      new Promise<import('node:net').Server>((resolve) => {
+        const s = net.createServer((c) => c.end(banner));
+        s.listen(0, '127.0.0.1', () => resolve(s));
+      });
+    const ssh = await serve('SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n');
+    const http = await serve('HTTP/1.1 400 Bad Request\r\n\r\n');
+    const port = (s: import('node:net').Server) => (s.address() as import('node:net').AddressInfo).port;
+    expect(await tcpCheck('127.0.0.1', port(ssh))).toMatchObject({ reachable: true, method: 'tcp', detail: expect.stringContaining('SSH-2.0-OpenSSH_9.2p1') });
+    expect(await tcpCheck('127.0.0.1', port(http))).toMatchObject({ reachable: false, detail: expect.stringContaining('not as an SSH server') });
+    const closedPort = port(http);
+    await new Promise((r) => http.close(r));
+    ssh.close();
+    expect(await tcpCheck('127.0.0.1', closedPort)).toMatchObject({ reachable: false, detail: expect.stringContaining('ECONNREFUSED') });
+  });
+});
