@@ -37,4 +37,4 @@ export {
   deleteServer,
   type Digests,
 } from './restore.js';
-export { planRestore, readMetadata, type RestorePlan, type RestoreStep, type RestoreMapping, type VmMetadata } from './plan.js';
+export { planRestore, readMetadata, serverSpecFor, type RestorePlan, type RestoreStep, type RestoreMapping, type VmMetadata } from './plan.js';

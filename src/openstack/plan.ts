@@ -19,6 +19,7 @@ import { parseImage, type Image } from './glance.js';
 import { Reader } from './json.js';
 import { parseFlavor, parseKeypair, parseServer, type Flavor, type Keypair, type Server } from './nova.js';
 import { parsePort, type Port } from './neutron.js';
+import type { ServerSpec } from './nova.js';
 import type { DiskRecord } from './vm.js';
 
 /** A point's metadata/ directory, typed with the same parsers as the live API. */
@@ -88,7 +89,7 @@ export interface RestoreMapping {
 export type RestoreStep =
   | { action: 'create-volume'; disk: string; sizeGb: number; volumeType: string | undefined; availabilityZone: string | undefined; bootIndex: number | undefined; name: string }
   | { action: 'upload-image'; disk: string; name: string; diskFormat: string; properties: Record<string, string> }
-  | { action: 'create-keypair'; name: string; userId: string }
+  | { action: 'create-keypair'; name: string; userId: string; publicKey: string }
   | {
       action: 'create-server';
       name: string;
@@ -186,18 +187,25 @@ export async function planRestore(meta: VmMetadata, cloud: Cloud, mapping: Resto
     }
   }
 
-  // Keypair: recreated for its owner when missing.
+  // Keypair. Nova takes key_name from the *requesting* user's keypairs, so the restoring user
+  // needs it too; and the owner gets it back when it was deleted (admin, user_id).
   if (s.keyName && mapping.keypair !== false) {
     if (!meta.keypair) notes.push(`keypair ${s.keyName} was not captured; the server is created without it`);
     else {
+      const me = cloud.session.token.user.id;
       const owner = meta.keypair.userId ?? s.userId;
-      const mine = owner === cloud.session.token.user.id;
-      try {
-        await nova.getKeypair(s.keyName, mine ? undefined : owner);
-      } catch (err) {
-        if (!isNotFound(err)) throw err;
-        steps.push({ action: 'create-keypair', name: s.keyName, userId: owner });
+      for (const userId of owner === me ? [me] : [owner, me]) {
+        try {
+          const existing = await nova.getKeypair(s.keyName, userId === me ? undefined : userId);
+          if (existing.publicKey.trim() !== meta.keypair.publicKey.trim()) {
+            problems.push(`keypair ${s.keyName} of user ${userId} exists with another public key; restore without it (keypair: false)`);
+          }
+        } catch (err) {
+          if (!isNotFound(err)) throw err;
+          steps.push({ action: 'create-keypair', name: s.keyName, userId, publicKey: meta.keypair.publicKey });
+        }
       }
+      if (owner !== me) notes.push(`keypair ${s.keyName} belongs to user ${owner}; the server is created by ${cloud.session.token.user.name}, who gets the same public key under that name`);
     }
   }
 
@@ -216,4 +224,36 @@ export async function planRestore(meta: VmMetadata, cloud: Cloud, mapping: Resto
   });
   if (project.id !== cloud.session.projectId) notes.push(`resources are created in project ${project.name ?? project.id}: vprotect re-scopes its token there (the user needs a role in it)`);
   return { source: { serverId: s.id, name: s.name, projectId: s.projectId }, target: { cloud: cloud.name, project }, steps, notes, problems };
+}
+
+/**
+ * The ServerSpec for a plan's create-server step, once the earlier steps have run: `volumes`
+ * maps each create-volume step's disk key to the new volume id, `imageId` is the uploaded root
+ * image (image-booted servers). Volumes keep their boot order; the boot volume is boot index 0.
+ */
+export function serverSpecFor(plan: RestorePlan, made: { volumes: Record<string, string>; imageId?: string | undefined }, meta: VmMetadata): ServerSpec {
+  const server = plan.steps.find((s): s is Extract<RestoreStep, { action: 'create-server' }> => s.action === 'create-server');
+  if (!server) throw new Error('the plan has no create-server step');
+  const volumes = plan.steps.filter((s): s is Extract<RestoreStep, { action: 'create-volume' }> => s.action === 'create-volume');
+  const blockDevices = volumes.map((v) => {
+    const id = made.volumes[v.disk];
+    if (!id) throw new Error(`no volume was created for disk ${v.disk}`);
+    return { uuid: id, sourceType: 'volume' as const, destinationType: 'volume' as const, bootIndex: server.boot === 'volume' && v.bootIndex === 0 ? 0 : null, deleteOnTermination: false };
+  });
+  if (server.boot === 'image' && !made.imageId) throw new Error('an image-booted server needs the uploaded root image');
+  if (server.boot === 'volume' && !blockDevices.some((b) => b.bootIndex === 0) && blockDevices[0]) blockDevices[0].bootIndex = 0;
+  return {
+    name: server.name,
+    flavorId: server.flavor.id,
+    imageId: server.boot === 'image' ? made.imageId : undefined,
+    blockDevices: blockDevices.length ? blockDevices : undefined,
+    networks: server.networks === 'none' ? 'none' : server.networks.map((n) => ({ uuid: n.networkId, ...(n.fixedIp ? { fixedIp: n.fixedIp } : {}) })),
+    availabilityZone: server.availabilityZone,
+    keyName: server.keyName,
+    userData: meta.server.userData,
+    metadata: meta.server.metadata,
+    tags: meta.server.tags,
+    securityGroups: server.securityGroups.length ? server.securityGroups : undefined,
+    description: meta.server.description,
+  };
 }

@@ -73,13 +73,20 @@ export class ServiceClient {
     return h;
   }
 
-  /** Runs `fn` with a token; on a 401 renews the token once and runs it again. */
-  private async authed<T>(fn: (token: string) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` with a token; on a 401 renews the token once and runs it again — unless the
+   * request body is a stream, which was consumed by the first attempt.
+   */
+  private async authed<T>(fn: (token: string) => Promise<T>, resendable = true): Promise<T> {
     const token = await this.session.authToken();
     try {
       return await fn(token);
     } catch (err) {
       if (!(err instanceof OpenStackForbiddenError) || err.status !== 401) throw err;
+      if (!resendable) {
+        await this.session.tokenRejected(token);
+        throw err;
+      }
       await this.session.tokenRejected(token);
       return fn(await this.session.authToken());
     }
@@ -93,6 +100,7 @@ export class ServiceClient {
         { service: this.kind, method, url, headers: this.headers(opts, token), json: opts.json, body: opts.body, idempotent: opts.idempotent, okStatuses: opts.okStatuses, timeoutMs: opts.timeoutMs },
         decode,
       ),
+      !(opts.body !== undefined && !Buffer.isBuffer(opts.body)),
     );
   }
 

@@ -13,7 +13,7 @@ import { parseInventory } from '../../../src/inventory/load.js';
 import type { Inventory } from '../../../src/inventory/types.js';
 import { captureMetadata, writeMetadata, type CapturedMetadata } from '../../../src/openstack/capture.js';
 import { Cloud } from '../../../src/openstack/cloud.js';
-import { planRestore, readMetadata } from '../../../src/openstack/plan.js';
+import { planRestore, readMetadata, serverSpecFor } from '../../../src/openstack/plan.js';
 import { commandProbe } from '../../../src/openstack/probe.js';
 import * as restore from '../../../src/openstack/restore.js';
 import { settingsFromEnvironment, settingsFromInventory } from '../../../src/openstack/settings.js';
@@ -177,7 +177,7 @@ describe('metadata capture against the lab', () => {
     expect(log.lines.join('\n')).not.toContain(server['OS-EXT-SRV-ATTR:user_data']);
   });
 
-  it('writes metadata/ files that readMetadata types back, and plans a restore into another project', async () => {
+  it('writes metadata/ files that readMetadata types back; plans and runs a restore into another project', async () => {
     const dir = join(mkdtempSync(join(tmpdir(), 'vprotect-meta-')), 'metadata');
     await writeMetadata(dir, captured.get(aliceVm)!);
     const meta = await readMetadata(dir);
@@ -185,11 +185,31 @@ describe('metadata capture against the lab', () => {
     expect(meta.keypair?.userId).toBe(lab.alice.userId);
     const plan = await planRestore(meta, backup, { project: 'acme-prod', name: `${tag}-restored` });
     expect(plan.problems).toEqual([]);
-    expect(plan.steps.map((s) => s.action)).toEqual(['upload-image', 'create-server']);
+    // alice's keypair exists for alice; backup (who creates the server) gets the same key.
+    expect(plan.steps.map((s) => s.action)).toEqual(['upload-image', 'create-keypair', 'create-server']);
+    expect(plan.steps[1]).toMatchObject({ name: lab.alice.keypair, userId: lab.backup.userId });
     expect(plan.steps.at(-1)).toMatchObject({ action: 'create-server', name: `${tag}-restored`, project: { name: 'acme-prod' }, flavor: { name: 'm1.tiny' }, boot: 'image', networks: 'none', keyName: lab.alice.keypair });
+
+    // Execute it with the primitives: the root disk's data here is the lab image (what alice booted).
+    const chunks: Buffer[] = [];
+    await restore.downloadImage(backup, lab.image.id, new Writable({ write: (c: Buffer, _e, cb) => (chunks.push(c), cb()) }));
+    const upload = plan.steps[0] as Extract<(typeof plan.steps)[number], { action: 'upload-image' }>;
+    const { image } = await restore.uploadImage(backup, { name: `${tag}-${upload.name}`, diskFormat: upload.diskFormat, properties: upload.properties }, Readable.from(chunks));
+    created.images.push(image.id);
+    const kp = plan.steps[1] as Extract<(typeof plan.steps)[number], { action: 'create-keypair' }>;
+    expect((await restore.ensureKeypair(backup, { name: kp.name, publicKey: kp.publicKey, userId: kp.userId })).created).toBe(true);
+    try {
+      const target = await backup.forProject(plan.target.project.id);
+      const server = await restore.createServer(target, serverSpecFor(plan, { volumes: {}, imageId: image.id }, meta));
+      created.servers.push({ cloud: target, id: server.id });
+      expect(server).toMatchObject({ status: 'ACTIVE', projectId: lab.backup.projectId, keyName: lab.alice.keypair, availabilityZone: rbdAz.availabilityZone, imageId: image.id });
+      expect(server.userData).toBe(meta.server.userData);
+    } finally {
+      await (await backup.nova()).deleteKeypair(lab.alice.keypair); // backup's copy only; alice's stays
+    }
     const bad = await planRestore(meta, backup, { flavor: 'no-such-flavor', network: 'no-such-net' });
     expect(bad.problems.join('\n')).toMatch(/flavor no-such-flavor does not exist[\s\S]*network no-such-net does not exist/);
-  });
+  }, 300_000);
 });
 
 describe('restore primitives against the lab', () => {

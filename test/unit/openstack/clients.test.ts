@@ -198,3 +198,24 @@ describe('clients and waiters against a fake cloud', () => {
     expect(n).toBe(2);
   });
 });
+
+describe('uploads', () => {
+  it('a stream upload answered 401 is not re-sent (the stream is spent), and the token is renewed for the next call', async () => {
+    const fake = await FakeCloud.start();
+    const { Readable } = await import('node:stream');
+    try {
+      let puts = 0;
+      fake.route('PUT', /\/image\/v2\/images\/i1\/file$/, (_q, res) => (puts++, send(res, 401, { error: { message: 'expired' } })));
+      const cloud = await Cloud.connect(
+        { name: 't', source: 't', authUrl: fake.authUrl, auth: { kind: 'password', username: 'backup', userDomain: { name: 'acme' }, password: 'lab-backup-pass' }, project: { name: 'acme-prod', domain: { name: 'acme' } }, interface: 'public', insecure: false, endpointOverrides: {} },
+        { log: recordingLogger(), retry: FAST_RETRY },
+      );
+      await expect(cloud.glance.upload('i1', Readable.from([Buffer.from('data')]))).rejects.toThrow(/HTTP 401/);
+      expect(puts).toBe(1);
+      expect(fake.count('POST', /auth\/tokens/)).toBe(2);
+      cloud.close();
+    } finally {
+      await fake.close();
+    }
+  });
+});
