@@ -119,7 +119,7 @@ export class Hypervisor {
     try {
       return await this.virsh(['backup-dumpxml', domain], { signal: null });
     } catch (err) {
-      if (err instanceof VirshError && /no domain backup job|does not have a backup job|no active backup/i.test(err.stderr)) return undefined;
+      if (err instanceof VirshError && /no domain backup job|does not have a backup job|no active backup|job id not found/i.test(err.stderr)) return undefined;
       if (err instanceof VirshError && /not running|domain is not running/i.test(err.stderr)) return undefined;
       throw err;
     }
@@ -133,6 +133,13 @@ export class Hypervisor {
       if (err instanceof VirshError && /no job is active|not running|no active job/i.test(err.stderr)) return;
       throw err;
     }
+    // domjobabort returns before libvirt has torn the job down (NBD server, scratch files); the
+    // next libvirt call on the domain (checkpoint-delete, blockcommit) needs it gone.
+    for (let i = 0; i < 100; i++) {
+      if ((await this.backupJobXml(domain)) === undefined) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort`);
   }
 
   /** Creates a directory that qemu (vmUser) can create sockets and scratch files in. */

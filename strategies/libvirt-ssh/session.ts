@@ -48,15 +48,19 @@ export async function openSession(target: BackupTarget, ctx: StrategyContext): P
   const borrowed = await borrowConnection(target.hypervisor, ctx.env, ctx.log);
   try {
     const hv = new Hypervisor(borrowed.conn, target.hypervisor, ctx.log, ctx.signal);
-    const state = await hv.domainState(target.domain);
-    if (state === undefined) throw new UnavailableError(`domain ${target.domain} does not exist on ${hv.name}`, { hint: 'check the domain name (virsh list --all) and the hypervisor' });
-    const liveXml = await hv.dumpXml(target.domain);
-    const inactiveXml = await hv.dumpXml(target.domain, true);
-    return new LibvirtSshSession(target, ctx, options, hv, borrowed, parseDomainXml(liveXml), inactiveXml, state);
+    const found = await readDomain(hv, target.domain);
+    return new LibvirtSshSession(target, ctx, options, hv, borrowed, found.domain, found.inactiveXml, found.state);
   } catch (err) {
     await borrowed.release();
     throw err;
   }
+}
+
+/** The domain as it is now: state, parsed live XML, persistent XML (what a restore defines). */
+async function readDomain(hv: Hypervisor, name: string): Promise<{ state: string; domain: DomainInfo; inactiveXml: string }> {
+  const state = await hv.domainState(name);
+  if (state === undefined) throw new UnavailableError(`domain ${name} does not exist on ${hv.name}`, { hint: 'check the domain name (virsh list --all) and the hypervisor' });
+  return { state, domain: parseDomainXml(await hv.dumpXml(name)), inactiveXml: await hv.dumpXml(name, true) };
 }
 
 export class LibvirtSshSession implements BackupSession {
@@ -78,9 +82,9 @@ export class LibvirtSshSession implements BackupSession {
     readonly options: LibvirtSshOptions,
     readonly hv: Hypervisor,
     private readonly borrowed: BorrowedConnection,
-    readonly domain: DomainInfo,
-    private readonly inactiveXml: string,
-    readonly domainState: string,
+    public domain: DomainInfo,
+    private inactiveXml: string,
+    public domainState: string,
   ) {
     this.domainName = domain.name;
     this.journal = newJournal(this.runId, domain.name, domain.uuid, `${options.workDir.replace(/\/+$/, '')}/${this.runId}`);
@@ -102,7 +106,14 @@ export class LibvirtSshSession implements BackupSession {
   async plan(request: { level: BackupLevel; previous: PreviousPoint | undefined }): Promise<DiskPlan[]> {
     const { hv, domainName } = this;
     // Whatever a killed run of this domain left is finished (its point is durable) or undone first.
-    await recoverStaleRuns(hv, this.options.workDir, { domain: domainName, previous: request.previous, log: this.ctx.log });
+    const recovered = await recoverStaleRuns(hv, this.options.workDir, { domain: domainName, previous: request.previous, log: this.ctx.log });
+    if (recovered.length > 0) {
+      // The recovery changed the domain (pivoted back, merged overlays): what open() read is stale.
+      const now = await readDomain(hv, domainName);
+      this.domain = now.domain;
+      this.inactiveXml = now.inactiveXml;
+      this.domainState = now.state;
+    }
 
     const selected = selectDisks(this.domain, this.options);
     this.skipped = selected.skipped;

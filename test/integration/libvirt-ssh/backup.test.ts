@@ -73,5 +73,5 @@ describe('a domain with a qcow2 disk on a raw base (checkpoint) and a raw disk (
     expect(state.checkpoints).toHaveLength(1);
     expect(state.runDirs).toEqual([]);
     expect(state.files.filter((f) => f.includes('.vprotect-run-'))).toHaveLength(1);
-  });
+  }, 300_000);
 });

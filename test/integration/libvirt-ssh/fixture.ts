@@ -240,9 +240,11 @@ export async function harness(env: LabEnv, domain: string, baseOptions: Record<s
 
 /** What is left of vprotect on the hypervisor for a domain: jobs, checkpoints, run dirs. */
 export function hypervisorState(env: LabEnv, domain: string): { job: boolean; checkpoints: string[]; runDirs: string[]; files: string[] } {
-  const job = !/Job type:\s+None/.test(virsh('domjobinfo', domain));
+  const info = virsh('domjobinfo', domain);
+  const job = !/Job type:\s+None/.test(info);
+  if (job) console.log(`domjobinfo ${domain}: ${info}`);
   const checkpoints = (tryVirsh('checkpoint-list', domain, '--name') ?? '').split('\n').map((s) => s.trim()).filter(Boolean);
-  const runDirs = sh('sh', ['-c', 'ls "$1" 2>/dev/null || true', 'sh', env.workDir]).split('\n').filter(Boolean);
+  const runDirs = sh('sh', ['-c', 'cd "$1" 2>/dev/null || exit 0; for d in run-*; do [ -d "$d" ] && grep -qsF "\"domain\": \"$2\"" "$d/journal.json" && echo "$d"; done; true', 'sh', env.workDir, domain]).split('\n').filter(Boolean);
   const files = sh('sh', ['-c', 'ls "$1" | grep -F "$2." || true', 'sh', env.vms, domain]).split('\n').filter(Boolean);
   return { job, checkpoints, runDirs, files };
 }

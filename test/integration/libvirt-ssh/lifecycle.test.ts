@@ -61,7 +61,7 @@ describe('checkpoints lost after undefine/define', () => {
     expect(await h.restoredDigest(fallback.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
     // The older points of the first chain still restore.
     expect(await h.restoredDigest(inc.pointId, 'vda')).not.toBe('');
-  });
+  }, 300_000);
 });
 
 describe('snapshot mode on a qcow2 disk, over the netcat data channel', () => {
@@ -98,7 +98,7 @@ describe('snapshot mode on a qcow2 disk, over the netcat data channel', () => {
     // A second restore under the same name is refused, and leaves the first alone.
     await expect(restoreDomain({ repo: h.repo, point, hypervisor: env.hv, env: {}, name: `${name}-r`, dir: env.vms })).rejects.toThrow(/already exists/);
     expect(virsh('domstate', `${name}-r`).trim()).toBe('running');
-  });
+  }, 300_000);
 });
 
 describe('consistency: quiesce and hooks', () => {
@@ -136,5 +136,5 @@ describe('consistency: quiesce and hooks', () => {
     expect(inc.consistency?.level).toBe('crash');
     expect(inc.disks[0]!.dataBytes).toBe(64 * KiB);
     expect(await h.restoredDigest(inc.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
-  });
+  }, 300_000);
 });
