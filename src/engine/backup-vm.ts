@@ -13,6 +13,7 @@ import type { StepHook } from '../repository/disk-writers.js';
 import { newPointId } from '../repository/ids.js';
 import type { PointWriter } from '../repository/point-writer.js';
 import type { PointInfo, Repository } from '../repository/repository.js';
+import { shouldStartNewChain } from '../repository/retention.js';
 import type { BackupSession, BackupTarget, DiskPlan, PreviousPoint, Strategy, StrategyContext } from '../strategy/contract.js';
 import { withProgress } from './progress.js';
 
@@ -64,10 +65,11 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
     await repo.cleanup(target.vmId, lock);
     const previousInfo = await repo.lastCompletePoint(target.vmId);
     const previous = previousInfo ? toPrevious(previousInfo) : undefined;
-    const level: BackupLevel = req.forceFullReason ? 'full' : req.level;
+    const forceFullReason = req.forceFullReason ?? (previousInfo && req.level !== 'full' ? await newChainReason(repo, previousInfo, ctx) : undefined);
+    const level: BackupLevel = forceFullReason ? 'full' : req.level;
 
     session = await strategy.open(target, ctx);
-    const plans = unifyLevels(await session.plan({ level, previous }), req.forceFullReason);
+    const plans = unifyLevels(await session.plan({ level, previous }), forceFullReason);
     const pointLevel = plans.every((p) => p.level === 'incremental') && previous ? 'incremental' : 'full';
     for (const p of plans) ctx.log.info(`${target.vmName} ${p.key}: ${p.level} (${p.reason})`);
 
@@ -135,6 +137,16 @@ export function unifyLevels(plans: DiskPlan[], forceFullReason?: string): DiskPl
   const needFull = plans.find((p) => p.level === 'full');
   if (!needFull || plans.every((p) => p.level === 'full')) return plans;
   return plans.map((p) => (p.level === 'full' ? p : { ...p, level: 'full', reason: `disk ${needFull.key} needs a full (${needFull.reason}), so the whole point is full` }));
+}
+
+/** The policy's newChainAfter rule, applied to the chain of the last complete point. */
+async function newChainReason(repo: Repository, last: PointInfo, ctx: StrategyContext): Promise<string | undefined> {
+  const rules = ctx.policy?.retention;
+  if (!rules?.newChainAfter) return undefined;
+  const chain = await repo.chainOf(last);
+  const full = chain[0]!;
+  const decision = shouldStartNewChain({ fullTime: full.manifest.startedAt, incrementals: chain.length - 1 }, rules, new Date());
+  return decision.newChain ? `new chain: ${decision.reason}` : undefined;
 }
 
 function toPrevious(p: PointInfo): PreviousPoint {
