@@ -12,6 +12,7 @@ export const strategyOptionSchemas = {
       atomic: { type: 'boolean', description: 'snapshot all disks of a VM in one atomic operation' },
       excludeDisks: { type: 'array', items: { type: 'string', minLength: 1 }, description: 'disk targets (vdb, sdc) not to back up' },
       parallelDisks: { type: 'integer', minimum: 1, maximum: 16 },
+      workDir: { type: 'string', pattern: '^/', description: 'directory on the hypervisor for per-run scratch files, NBD sockets and the run journal (default /var/tmp/vprotect)' },
     },
   },
   'ceph-rbd': {
