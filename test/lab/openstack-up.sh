@@ -81,6 +81,22 @@ started() { local s; for s in "${STARTED[@]}"; do [ "$s" = "$1" ] && return 0; d
 all_running() { local s; for s in "${OS_INFRA[@]}" "${OS_SERVICES[@]}"; do svc_wanted "$s" || continue; lab_running "$s" || return 1; done; }
 svc_wanted() { [ "$1" != os-nova-compute-rbd ] || [ "$NOVA_RBD" = 1 ]; }
 
+# os_wait DESCRIPTION TIMEOUT CMD...: wait_for, but give up at once (with the log's tail)
+# when a daemon this run started has died meanwhile, instead of waiting out the timeout.
+os_wait() {
+  local what=$1 timeout=$2 end s; shift 2
+  end=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    for s in "${STARTED[@]}"; do
+      lab_running "$s" && continue
+      tail -15 "$LAB_LOGS/$s.log" >&2
+      die "$s died while waiting for $what (log: $LAB_LOGS/$s.log)"
+    done
+    [ $SECONDS -lt $end ] || die "timed out after ${timeout}s waiting for $what"
+    sleep 0.5
+  done
+}
+
 # A Python console-script launcher for a command whose wrapper lives in a package we do
 # not install (nova-common, cinder-common, glance-common, neutron-common).
 launcher() {
@@ -326,11 +342,16 @@ UWSGI=(uwsgi --plugin python3 --master --enable-threads --lazy-apps --die-on-ter
 UWSGI_THREADED=("${UWSGI[@]}" --processes 1 --threads 8)
 UWSGI_NOVA=("${UWSGI[@]}" --processes 2 --threads 1)
 
-start_api_services() {
-  # uwsgi --http11-socket (not --http-socket): keystoneauth/requests and node keep the
-  # connection alive, and --http-socket resets it (ECONNRESET).
+# uwsgi --http11-socket (not --http-socket): keystoneauth/requests and node keep the
+# connection alive, and --http-socket resets it (ECONNRESET).
+start_keystone() {
   start_svc os-keystone "$OS_ETC/keystone.conf" env OS_KEYSTONE_CONFIG_DIR="$OS_ETC" \
     "${UWSGI_THREADED[@]}" --http11-socket 127.0.0.1:5000 --wsgi-file "$TPL/wsgi/keystone.py"
+}
+
+# After the Keystone content exists: nova-conductor, for one, authenticates as the placement
+# service user at start and exits on a 401.
+start_api_services() {
   start_svc os-placement "$OS_ETC/placement.conf" env OS_PLACEMENT_CONFIG_DIR="$OS_ETC" \
     "${UWSGI_THREADED[@]}" --http11-socket 127.0.0.1:8778 --wsgi-file "$TPL/wsgi/placement.py"
   start_svc os-glance-api "$OS_ETC/glance-api.conf $OS_ETC/glance-api-paste.ini" \
@@ -366,7 +387,7 @@ cinder_scheduler_up() {
 }
 start_cinder_volume() {
   if ! lab_running os-cinder-volume || started os-cinder-scheduler; then
-    wait_for "cinder-scheduler service row" 120 cinder_scheduler_up
+    os_wait "cinder-scheduler service row" 120 cinder_scheduler_up
     # A volume service of another host/backend from an earlier configuration makes the
     # scheduler wait for it: remove rows that are not ours.
     local stale
@@ -403,7 +424,7 @@ start_computes() {
   start_svc os-vhu-sink "$TPL/vhu-sink.py" $PY "$TPL/vhu-sink.py" "$OS_DATA/neutron/vhu"
   # nova-compute's first resource report must reach placement, or it stays unschedulable
   # until the next periodic run (60 s).
-  wait_for "placement" 120 http_ok http://127.0.0.1:8778/
+  os_wait "placement" 120 http_ok http://127.0.0.1:8778/
   start_svc os-nova-compute "$OS_ETC/nova.conf $OS_ETC/nova-compute-qcow2.conf" \
     $PY -c 'import sys; from nova.cmd.compute import main; sys.exit(main())' \
     --config-file "$OS_ETC/nova.conf" --config-file "$OS_ETC/nova-compute-qcow2.conf"
@@ -445,9 +466,9 @@ main() {
   start_rabbitmq
   start_memcached
   sync_all
-  wait_for "RabbitMQ on 127.0.0.1:5672" 120 port_open 5672
-  start_api_services
-  wait_for "keystone" 120 http_ok http://127.0.0.1:5000/v3
+  os_wait "RabbitMQ on 127.0.0.1:5672" 120 port_open 5672
+  start_keystone
+  os_wait "keystone" 120 http_ok http://127.0.0.1:5000/v3
   # Keystone content lives in the database: once created (marker next to the data, so a
   # wipe removes both) it is only re-applied when lab-setup.py changes.
   local kmark; kmark=$(md5sum <"$TPL/lab-setup.py" | cut -d' ' -f1)
@@ -456,6 +477,7 @@ main() {
     run_logged setup "$PY" "$TPL/lab-setup.py" keystone
     echo "$kmark" >"$OS_DATA/.setup-keystone"
   fi
+  start_api_services
 
   # Ceph and libvirtd come from the other half of the lab.
   if [ "$DEPS_AT_START" = 0 ]; then
@@ -463,21 +485,22 @@ main() {
     read_ceph_facts
     read_accel
     render_all   # now with the real ceph paths and accel; restarts what changed below
+    start_keystone
     start_api_services
   fi
   ensure_libvirt_secret
   start_cinder_volume
   start_computes
 
-  wait_for "nova-compute to register its node(s)" 180 compute_nodes_registered
+  os_wait "nova-compute to register its node(s)" 180 compute_nodes_registered
   if ! hosts_mapped; then
     run_logged nova-manage "$OS_BIN/nova-manage" --config-file "$OS_ETC/nova.conf" cell_v2 discover_hosts
   fi
-  wait_for "glance" 120 http_ok http://127.0.0.1:9292/
-  wait_for "nova-api" 120 http_ok http://127.0.0.1:8774/
-  wait_for "cinder-api" 120 http_ok http://127.0.0.1:8776/
-  wait_for "neutron-server" 120 http_ok http://127.0.0.1:9696/
-  wait_for "cinder-volume (RBD pool)" 180 cinder_pool_up
+  os_wait "glance" 120 http_ok http://127.0.0.1:9292/
+  os_wait "nova-api" 120 http_ok http://127.0.0.1:8774/
+  os_wait "cinder-api" 120 http_ok http://127.0.0.1:8776/
+  os_wait "neutron-server" 120 http_ok http://127.0.0.1:9696/
+  os_wait "cinder-volume (RBD pool)" 180 cinder_pool_up
   # Same for the resources (flavors, image, ...): re-applied when the script or its
   # arguments change, when openstack.json is missing, or with LAB_OS_RESETUP=1.
   local rargs=(--compute-qcow2 "$COMPUTE_QCOW2" --compute-rbd "$([ "$NOVA_RBD" = 1 ] && echo "$COMPUTE_RBD")"

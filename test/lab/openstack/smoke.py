@@ -96,6 +96,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--no-rbd", action="store_true", help="skip the server on the rbd compute")
     p.add_argument("--keep", action="store_true", help="do not delete what was created")
+    p.add_argument("--cleanup", action="store_true",
+                   help="only delete leftovers (vprotect-smoke-*) of runs with --keep")
     p.add_argument("-v", action="store_true")
     args = p.parse_args()
     VERBOSE = args.v
@@ -114,6 +116,17 @@ def main():
     step("token as %s\\%s (project %s)" % (b["userDomain"], b["username"], b["project"]), t)
 
     created = {"servers": [], "volumes": [], "snapshots": [], "ports": []}
+    if args.cleanup:
+        mine = lambda items: [i["id"] for i in items if (i.get("name") or "").startswith("vprotect-smoke-")]
+        created["servers"] = mine(api("GET", "compute", "/servers")["servers"])
+        created["ports"] = mine(api("GET", "network", "/v2.0/ports")["ports"])
+        created["snapshots"] = mine(api("GET", "volumev3", "/snapshots")["snapshots"])
+        vols = api("GET", "volumev3", "/volumes/detail")["volumes"]
+        # clones (made from a snapshot) last in the list: cleanup() deletes them first
+        created["volumes"] = mine([v for v in vols if not v.get("snapshot_id")]) + \
+            mine([v for v in vols if v.get("snapshot_id")])
+        cleanup(api, created)
+        return 0
     ok = False
     try:
         # --- servers (both computes in parallel: boot is mostly waiting)
