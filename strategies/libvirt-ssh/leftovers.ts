@@ -5,12 +5,12 @@
  */
 import { errorMessage } from '../../src/errors.js';
 import { shellJoin } from '../../src/transport/quote.js';
-import type { Leftover, StrategyContext } from '../../src/strategy/contract.js';
+import type { KnownAnchors, Leftover, PreviousPoint, StrategyContext } from '../../src/strategy/contract.js';
 import { borrowConnection } from './connections.js';
 import { Hypervisor } from './hypervisor.js';
 import { listJournals, ownerMayBeAlive, type Journal } from './journal.js';
 import { DEFAULT_WORK_DIR, parseOptions } from './plan.js';
-import { finishRun, rollbackRun } from './recovery.js';
+import { finishRun, pointIsFromRun, rollbackRun } from './recovery.js';
 
 function workDirs(ctx: StrategyContext): string[] {
   const dirs = new Set<string>([parseOptions(ctx.options).workDir, DEFAULT_WORK_DIR]);
@@ -26,10 +26,10 @@ function describeRun(j: Journal): string {
   return parts.join(', ');
 }
 
-function manualSteps(j: Journal): string {
+function manualSteps(j: Journal, forward: boolean): string {
   const steps: string[] = [];
   if (j.job) steps.push(shellJoin(['virsh', 'domjobabort', j.domain]));
-  if (j.phase === 'committing') {
+  if (forward) {
     if (j.checkpoint?.previous) steps.push(shellJoin(['virsh', 'checkpoint-delete', j.domain, j.checkpoint.previous]));
     for (const o of j.overlays ?? []) if (o.commitInto) steps.push(shellJoin(['virsh', 'blockcommit', j.domain, o.target, '--top', o.frozen, '--base', o.commitInto, '--wait']), shellJoin(['rm', '-f', o.frozen]));
   } else {
@@ -40,8 +40,10 @@ function manualSteps(j: Journal): string {
   return steps.join(' && ');
 }
 
-export async function findLeftovers(ctx: StrategyContext): Promise<Leftover[]> {
+export async function findLeftovers(ctx: StrategyContext, known?: KnownAnchors): Promise<Leftover[]> {
   const out: Leftover[] = [];
+  // The anchors the repositories hold: a killed run whose point became durable is finished, not undone.
+  const durable: PreviousPoint | undefined = known ? { pointId: '', chainId: '', disks: known.anchors.map((a) => ({ key: a.disk, size: 0, sourceAnchor: a.anchor })) } : undefined;
   for (const hvConfig of ctx.inventory.hypervisors) {
     let borrowed;
     try {
@@ -63,15 +65,16 @@ export async function findLeftovers(ctx: StrategyContext): Promise<Leftover[]> {
             continue;
           }
           if (ownerMayBeAlive(journal)) continue;
+          const forward = journal.phase === 'committing' || pointIsFromRun(durable, journal);
           out.push({
             where,
             what: describeRun(journal),
-            removeWith: `ssh ${hv.name} '${manualSteps(journal).replace(/'/g, `'\\''`)}'`,
+            removeWith: `ssh ${hv.name} '${manualSteps(journal, forward).replace(/'/g, `'\\''`)}'`,
             remove: () =>
               withHv(ctx, hvConfig, async (h) => {
                 const s = await h.domainState(journal.domain);
                 const running = s === 'running' || s === 'paused';
-                if (journal.phase === 'committing') await finishRun(h, journal, { running });
+                if (forward) await finishRun(h, journal, { running });
                 else await rollbackRun(h, journal, { running });
               }),
           });
@@ -80,7 +83,7 @@ export async function findLeftovers(ctx: StrategyContext): Promise<Leftover[]> {
         for (const domain of await hv.listDomains()) {
           const xml = await hv.backupJobXml(domain).catch(() => undefined);
           if (!xml || !xml.includes(`${workDir}/run-`)) continue;
-          const run = /run-[0-9TZ]+-[0-9a-f]{4}/.exec(xml)?.[0];
+          const run = new RegExp(`${workDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/(run-[0-9TZ]+-[0-9a-f]{4})`).exec(xml)?.[1];
           if (run && seen.has(`${workDir}/${run}`)) continue;
           out.push({
             where: `hypervisor ${hv.name}`,

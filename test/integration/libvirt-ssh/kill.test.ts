@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupSession, DiskPlan, Strategy } from '../../../src/strategy/contract.js';
 import type { Extent } from '../../../src/repository/extents.js';
 import strategy from '../../../strategies/libvirt-ssh/index.js';
+import { silentLogger } from '../../../src/log.js';
 import { createDomain, destroyDomain, diskDigest, guestWrites, harness, hypervisorState, KiB, labEnv, MiB, scatteredWrites, sh, virsh, type Harness, type LabEnv } from './fixture.js';
 
 let env: LabEnv;
@@ -143,4 +144,23 @@ describe('killed and interrupted runs', () => {
     expect(next.disks.find((d) => d.key === 'vdb')!.dataBytes).toBeGreaterThanOrEqual(4 * MiB);
     await expectRestores(h, next.pointId);
   });
+
+  it('vprotect cleanup (leftovers): lists what a killed run left, with the manual commands, and removes it', async () => {
+    const h = await harness(env, name);
+    guestWrites(name, 1, [`write -P 0x44 ${30 * MiB} ${64 * KiB}`]);
+    await expect(h.backup('auto', { strategy: dyingAt('after-snapshot') })).rejects.toBeInstanceOf(Killed);
+    buryRun();
+    const inventory = { file: '/dev/null', version: 1 as const, clouds: {}, hypervisors: [env.hv], cephClusters: {}, destinations: {}, proxies: [], policies: [] };
+    const ctx = { log: silentLogger, events: () => {}, signal: new AbortController().signal, dryRun: false, inventory, policy: undefined, options: { workDir: env.workDir }, env: {} };
+    const found = (await strategy.leftovers!(ctx)).filter((l) => l.what.includes(name));
+    expect(found).toHaveLength(1);
+    expect(found[0]!.what).toMatch(/interrupted run run-\S+ of domain vpt-kill-\d+ \(snapshot\), a backup job, checkpoint vprotect-run-\S+, overlay \S+vdb\S+ on /);
+    expect(found[0]!.removeWith).toMatch(/virsh domjobabort .*checkpoint-delete .*blockcommit .* --active --pivot .*rm -rf/);
+    await found[0]!.remove();
+    expectTidy('after cleanup');
+    expect((await strategy.leftovers!(ctx)).filter((l) => l.what.includes(name))).toEqual([]);
+    const next = await h.backup('auto');
+    expect(next.level).toBe('incremental');
+    await expectRestores(h, next.pointId);
+  }, 300_000);
 });

@@ -1,0 +1,186 @@
+#!/usr/bin/env node
+/**
+ * libvirt-ssh benchmark (not a test), on the lab's sshd + libvirtd: one running domain with a
+ * 2 GiB qcow2 disk holding 1 GiB of incompressible data (every other 4 MiB), side by side with
+ * `ssh cat` and virtnbdbackup (Debian package):
+ *   full over SSH     vprotect (NBD through the SSH connection)  vs  ssh -c aes128-gcm host cat disk > file
+ *   full over TCP     vprotect (netcat transport)                 vs  virtnbdbackup -l full
+ *   incremental A     after 256 scattered 64 KiB guest writes: stored bytes vs the 16 MiB changed,
+ *                     time vs virtnbdbackup -l inc
+ *   incremental B     after 64 scattered 4 MiB guest writes: throughput vs virtnbdbackup -l inc
+ * Each vprotect step runs in a child process so its peak RSS is its own. Ratios > 1 = vprotect better.
+ *
+ *   npm run build && node bench/libvirt-ssh.mjs [--keep]
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes, randomFillSync } from 'node:crypto';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const LAB = process.env.VPROTECT_LAB ?? '/tmp/vprotect-lab';
+const args = process.argv.slice(2);
+const MiB = 1 << 20;
+
+function lab() {
+  const file = join(LAB, 'lab.json');
+  if (!existsSync(file) || !existsSync(join(LAB, 'state', 'hypervisor.ready'))) throw new Error("the lab's hypervisor is not running: start it with `npm run lab:up`");
+  const l = JSON.parse(readFileSync(file, 'utf8'));
+  const s = l.ssh;
+  return {
+    vms: l.vmsDir,
+    ssh: s,
+    hv: { name: 'hv1', address: s.host, port: s.port, user: s.user, keyFile: s.keyFile, hostKey: { knownHostsFile: s.knownHostsFile }, vmUser: l.libvirt?.qemuUser ?? 'libvirt-qemu', libvirtUri: 'qemu:///system', netcat: { ports: '10890-10899', address: '127.0.0.1' } },
+  };
+}
+
+// ---------------------------------------------------------------- child: one measured vprotect backup
+if (args[0] === '--child') {
+  const [, repoDir, domain, transport, level] = args;
+  const { hv, vms } = lab();
+  const { backupVm } = await import(join(root, 'dist/src/engine/backup-vm.js'));
+  const { openRepository } = await import(join(root, 'dist/src/repository/repository.js'));
+  const mod = await import(join(root, 'dist/strategies/libvirt-ssh/index.js'));
+  const inventory = { file: '/dev/null', version: 1, clouds: {}, hypervisors: [hv], cephClusters: {}, destinations: {}, proxies: [], policies: [] };
+  const log = { debug() {}, info() {}, warn: (m) => process.stderr.write(`warn: ${m}\n`), error: (m) => process.stderr.write(`error: ${m}\n`) };
+  const options = { transport, workDir: join(vms, '.vprotect-bench') };
+  const ctx = { log, events: () => {}, signal: new AbortController().signal, dryRun: false, inventory, policy: undefined, options, env: {} };
+  const repo = await openRepository(repoDir, { create: true });
+  const t0 = process.hrtime.bigint();
+  const r = await backupVm({ repo, strategy: mod.default, target: { vmId: domain, vmName: domain, hypervisor: hv, domain }, level, ctx, command: 'bench' });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const u = process.resourceUsage();
+  const d = r.disks[0];
+  process.stdout.write(JSON.stringify({ pointId: r.pointId, level: r.level, storedBytes: d.storedBytes, dataBytes: d.dataBytes, seconds, maxRssKiB: u.maxRSS, userS: u.userCPUTime / 1e6, sysS: u.systemCPUTime / 1e6 }) + '\n');
+  process.exit(0);
+}
+
+// ---------------------------------------------------------------- parent
+const { vms, ssh } = lab();
+const virsh = (...a) => execFileSync('virsh', ['-q', '-c', 'qemu:///system', ...a], { encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
+const tryVirsh = (...a) => {
+  try {
+    return virsh(...a);
+  } catch {
+    return undefined;
+  }
+};
+function timed(cmd, a, opts = {}) {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', cmd, ...a], { encoding: 'utf8', maxBuffer: 64 * MiB, ...opts });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`${cmd} ${a.join(' ')} failed: ${r.stderr.slice(-2000)}`);
+  return { seconds, maxRssKiB: Number(r.stderr.trim().split('\n').at(-1)) };
+}
+function child(...a) {
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', ...a], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`vprotect ${a.join(' ')} failed: ${r.stderr}`);
+  if (r.stderr.trim()) process.stderr.write(r.stderr);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1));
+}
+const dirBytes = (d) => readdirSync(d, { recursive: true }).map((f) => join(d, f)).filter((f) => statSync(f).isFile()).reduce((n, f) => n + statSync(f).blocks * 512, 0);
+const gbps = (bytes, s) => `${(bytes / s / 1e9).toFixed(2)} GB/s`;
+const ratio = (x) => `${x.toFixed(2)}×`;
+
+/** Guest writes through qemu (HMP qemu-io), all in one virsh process, then a flush. */
+function guestWrites(domain, commands) {
+  const script = [...commands, 'flush'].map((c) => `qemu-monitor-command ${domain} --hmp 'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "${c}"'`).join('\n');
+  execFileSync('virsh', ['-q', '-c', 'qemu:///system'], { input: `${script}\n`, stdio: ['pipe', 'ignore', 'pipe'] });
+}
+function scattered(count, size, span) {
+  const slots = Math.floor(span / size);
+  const used = new Set();
+  const out = [];
+  while (out.length < count) {
+    const slot = randomBytes(4).readUInt32LE() % slots;
+    if (used.has(slot)) continue;
+    used.add(slot);
+    out.push(`write -P 0x${(0x41 + (out.length % 26)).toString(16)} ${slot * size} ${size}`);
+  }
+  return out;
+}
+
+const work = mkdtempSync(join(tmpdir(), 'vprotect-bench-lvs-'));
+const tag = randomBytes(3).toString('hex');
+const domain = `vpb-${tag}`;
+const disk = join(vms, `${domain}.qcow2`);
+const results = {};
+try {
+  process.stdout.write(`building ${domain}: 2 GiB qcow2, 1 GiB of random data…\n`);
+  const raw = join(work, 'seed.raw');
+  const fd = openSync(raw, 'w');
+  ftruncateSync(fd, 2048 * MiB);
+  const block = Buffer.alloc(4 * MiB);
+  for (let off = 0; off < 2048 * MiB; off += 8 * MiB) {
+    randomFillSync(block);
+    if (off === 0) Buffer.concat([Buffer.from([0xfa, 0xf4]), Buffer.alloc(508), Buffer.from([0x55, 0xaa])]).copy(block);
+    writeSync(fd, block, 0, block.length, off);
+  }
+  closeSync(fd);
+  execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', raw, disk]);
+  rmSync(raw);
+  execFileSync('chmod', ['0666', disk]);
+  const xml = `<domain type='qemu'><name>${domain}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+<devices><emulator>/usr/bin/qemu-system-x86_64</emulator><disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/><source file='${disk}'/><target dev='vda' bus='virtio'/></disk>
+<serial type='file'><source path='${join(vms, `${domain}.serial.log`)}'/><target port='0'/></serial><video><model type='none'/></video><memballoon model='none'/></devices></domain>`;
+  writeFileSync(join(work, 'dom.xml'), xml);
+  virsh('define', join(work, 'dom.xml'));
+  virsh('start', domain);
+
+  // Full: ssh cat of the image file (what "copy the disk over SSH" costs), cache warm for both.
+  execFileSync('cat', [disk], { stdio: ['ignore', 'ignore', 'ignore'] });
+  const sshArgs = ['-c', 'aes128-gcm@openssh.com', '-i', ssh.keyFile, '-o', `UserKnownHostsFile=${ssh.knownHostsFile}`, '-o', 'StrictHostKeyChecking=yes', '-p', String(ssh.port), `${ssh.user}@${ssh.host}`];
+  results.sshCat = timed('sh', ['-c', 'ssh "$@" cat "$0" > "$1"', disk, join(work, 'cat.out'), ...sshArgs]);
+  results.sshCat.bytes = statSync(join(work, 'cat.out')).size;
+  rmSync(join(work, 'cat.out'));
+  process.stdout.write(`ssh cat: ${results.sshCat.seconds.toFixed(2)} s\n`);
+
+  const repoSsh = join(work, 'repo-ssh');
+  const repoTcp = join(work, 'repo-tcp');
+  results.fullSsh = child(repoSsh, domain, 'ssh', 'full');
+  process.stdout.write(`vprotect full (ssh): ${results.fullSsh.seconds.toFixed(2)} s\n`);
+  results.fullTcp = child(repoTcp, domain, 'netcat', 'full');
+  process.stdout.write(`vprotect full (tcp): ${results.fullTcp.seconds.toFixed(2)} s\n`);
+  const vnb = join(work, 'virtnbdbackup');
+  results.vnbFull = timed('virtnbdbackup', ['-d', domain, '-l', 'full', '-o', vnb, '--noprogress']);
+  results.vnbFull.bytes = dirBytes(vnb);
+  process.stdout.write(`virtnbdbackup full: ${results.vnbFull.seconds.toFixed(2)} s\n`);
+
+  for (const [name, count, size] of [
+    ['A', 256, 64 * 1024],
+    ['B', 64, 4 * MiB],
+  ]) {
+    guestWrites(domain, scattered(count, size, 2048 * MiB));
+    const before = dirBytes(vnb);
+    results[`inc${name}Ssh`] = child(repoSsh, domain, 'ssh', 'incremental');
+    results[`inc${name}Tcp`] = child(repoTcp, domain, 'netcat', 'incremental');
+    results[`vnbInc${name}`] = timed('virtnbdbackup', ['-d', domain, '-l', 'inc', '-o', vnb, '--noprogress']);
+    results[`vnbInc${name}`].bytes = dirBytes(vnb) - before;
+    results[`changed${name}`] = count * size;
+    process.stdout.write(`incremental ${name}: vprotect ssh ${results[`inc${name}Ssh`].seconds.toFixed(2)} s, tcp ${results[`inc${name}Tcp`].seconds.toFixed(2)} s, virtnbdbackup ${results[`vnbInc${name}`].seconds.toFixed(2)} s\n`);
+  }
+
+  const r = results;
+  const rows = [
+    ['full over SSH vs ssh cat', `${r.fullSsh.seconds.toFixed(2)} s (${gbps(r.fullSsh.dataBytes, r.fullSsh.seconds)} of data)`, `${r.sshCat.seconds.toFixed(2)} s (${gbps(r.sshCat.bytes, r.sshCat.seconds)})`, ratio(r.sshCat.seconds / r.fullSsh.seconds), '≥ 1.0×'],
+    ['full over TCP vs virtnbdbackup full', `${r.fullTcp.seconds.toFixed(2)} s`, `${r.vnbFull.seconds.toFixed(2)} s`, ratio(r.vnbFull.seconds / r.fullTcp.seconds), '≥ 1.5×'],
+    ['inc A (256×64 KiB) stored / 16 MiB changed', `${(r.incASsh.storedBytes / MiB).toFixed(2)} MiB`, `vnb ${(r.vnbIncA.bytes / MiB).toFixed(2)} MiB`, ratio(r.incASsh.storedBytes / r.changedA), '≤ 1.1×'],
+    ['inc A time, ssh vs virtnbdbackup', `${r.incASsh.seconds.toFixed(2)} s`, `${r.vnbIncA.seconds.toFixed(2)} s`, ratio(r.incASsh.seconds / r.vnbIncA.seconds), '≤ 0.5× (time ratio)'],
+    ['inc A time, tcp vs virtnbdbackup', `${r.incATcp.seconds.toFixed(2)} s`, `${r.vnbIncA.seconds.toFixed(2)} s`, ratio(r.incATcp.seconds / r.vnbIncA.seconds), '≤ 0.5× (time ratio)'],
+    ['inc B (64×4 MiB) throughput, ssh vs vnb', gbps(r.changedB, r.incBSsh.seconds), gbps(r.changedB, r.vnbIncB.seconds), ratio(r.vnbIncB.seconds / r.incBSsh.seconds), '≥ 1.0×'],
+    ['inc B throughput, tcp vs vnb', gbps(r.changedB, r.incBTcp.seconds), gbps(r.changedB, r.vnbIncB.seconds), ratio(r.vnbIncB.seconds / r.incBTcp.seconds), '≥ 1.0×'],
+    ['peak RSS of vprotect (max over steps)', `${(Math.max(...['fullSsh', 'fullTcp', 'incASsh', 'incATcp', 'incBSsh', 'incBTcp'].map((k) => r[k].maxRssKiB)) / 1024).toFixed(0)} MiB`, `vnb full ${(r.vnbFull.maxRssKiB / 1024).toFixed(0)} MiB`, '', '≤ 200 MB'],
+  ];
+  process.stdout.write('\n| measure | vprotect | baseline | ratio | target |\n|---|---|---|---|---|\n');
+  for (const row of rows) process.stdout.write(`| ${row.join(' | ')} |\n`);
+  process.stdout.write(`\n${JSON.stringify(results)}\n`);
+} finally {
+  if (!args.includes('--keep')) {
+    tryVirsh('destroy', domain);
+    tryVirsh('undefine', domain, '--checkpoints-metadata');
+    execFileSync('sh', ['-c', 'rm -rf "$1"/"$2".* "$1"/.vprotect-bench', 'sh', vms, domain]);
+    rmSync(work, { recursive: true, force: true });
+  }
+}
