@@ -26,6 +26,12 @@ export interface ExportDiffRequest {
   signal?: AbortSignal;
   /** Fail when rbd sends nothing for this long (default 10 min): a hung OSD must not hang the run. */
   idleTimeoutMs?: number;
+  /**
+   * Join the pieces of a record into one buffer (default true). A full does not need it (the
+   * repository coalesces raw writes itself), so it saves the copy; an incremental does, so that
+   * the stored diff has rbd's records rather than one per pipe chunk.
+   */
+  joinRecords?: boolean;
 }
 
 /** argv (after the cluster arguments) of the export-diff for a request. */
@@ -59,7 +65,8 @@ export async function* readExportDiff(rbd: Pick<Rbd, 'stream'>, req: ExportDiffR
  * one `w` record are joined into buffers of up to 4 MiB, so the repository stores records the
  * size rbd made them (pipe chunks are 64 KiB) without ever widening a range.
  */
-export async function* diffExtents(items: AsyncIterable<RbdDiffItem>, req: Pick<ExportDiffRequest, 'fromSnap' | 'snap' | 'size'>, what: string): AsyncGenerator<Extent> {
+export async function* diffExtents(items: AsyncIterable<RbdDiffItem>, req: Pick<ExportDiffRequest, 'fromSnap' | 'snap' | 'size' | 'joinRecords'>, what: string): AsyncGenerator<Extent> {
+  const join = req.joinRecords !== false;
   const header: { from?: string; to?: string; size?: number } = {};
   let checked = false;
   const check = () => {
@@ -95,6 +102,10 @@ export async function* diffExtents(items: AsyncIterable<RbdDiffItem>, req: Pick<
         break;
       case 'data': {
         check();
+        if (!join) {
+          yield { offset: item.offset, length: item.data.length, data: item.data };
+          break;
+        }
         let piece = item.data;
         let offset = item.offset;
         const recordEnd = item.record.offset + item.record.length;

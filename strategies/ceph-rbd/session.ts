@@ -196,7 +196,7 @@ export class CephRbdSession implements BackupSession {
     const self = this;
     return (async function* () {
       await self.fault(`read:${plan.key}`);
-      yield* readExportDiff(self.rbd, { pool: d.disk.pool, image: d.disk.image, snap: d.snapName!, ...(fromSnap ? { fromSnap } : {}), size: plan.size, signal: self.ctx.signal });
+      yield* readExportDiff(self.rbd, { pool: d.disk.pool, image: d.disk.image, snap: d.snapName!, ...(fromSnap ? { fromSnap } : {}), size: plan.size, signal: self.ctx.signal, joinRecords: plan.level === 'incremental' });
     })();
   }
 

@@ -55,7 +55,7 @@ describe('ceph-rbd: a chain of points against the lab cluster', () => {
     expect(r.level).toBe('full');
     expect(r.disks[0]!.reason).toMatch(/no previous point/);
     expect(r.disks[0]!.dataBytes).toBe(6 * MiB);
-    expect(r.consistency.level).toBe('crash');
+    expect(r.consistency?.level).toBe('crash');
     const m = (await repo.findPoint(r.pointId)).manifest;
     expect(m.disks[0]!.sourceAnchor).toMatchObject({ kind: 'rbd-snapshot', cluster: 'lab', pool: POOL, image: img.name, snapName: `vprotect-${r.pointId}`, size: 48 * MiB });
   });

@@ -80,6 +80,13 @@ describe('rbd export-diff reader', () => {
     expect(got[0]!.data!.equals(Buffer.alloc(4 * MiB, 0x11))).toBe(true);
   });
 
+  it('without joining (fulls), pieces pass as they come, bytes unchanged', async () => {
+    const extents = [data(0, 200_000, 0x41)];
+    const got = await collect(readExportDiff(fakeRbd(await bytesOf(header, extents), { chunk: 65536 }), { ...req, joinRecords: false }));
+    expect(got.length).toBeGreaterThan(1);
+    expect(Buffer.concat(got.map((e) => e.data!)).equals(extents[0]!.data!)).toBe(true);
+  });
+
   it('odd chunk sizes give the same bytes', async () => {
     const extents = [data(100, 300_001, 0x31), data(MiB, 70_000, 0x32)];
     const got = await collect(readExportDiff(fakeRbd(await bytesOf(header, extents), { chunk: 7777 }), req));

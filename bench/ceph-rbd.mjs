@@ -1,0 +1,210 @@
+#!/usr/bin/env node
+/**
+ * ceph-rbd benchmark (not a test), on the lab's Ceph: a 2 GiB image holding 1 GiB of random data
+ * (every other 4 MiB object), then 256 MiB of scattered 1 MiB writes.
+ *   full:        vprotect full backup (rbd export-diff parsed on the fly → sparse raw + block map)
+ *                vs `rbd export img@snap file` of the same snapshot
+ *   incremental: vprotect incremental vs `rbd export-diff --from-snap s1 img@s2 file` (same data);
+ *                stored bytes vs the export-diff file's size
+ *   restore:     vprotect restore of the incremental point to a new image (one import-diff
+ *                stream) vs `rbd import full.raw` + `snap create` + `rbd import-diff diff`
+ * Each vprotect step runs in a child process so its peak RSS is its own; rbd's own peak RSS is
+ * measured with /usr/bin/time. Ratios are baseline time / vprotect time (≥ 1 = vprotect faster).
+ *
+ *   npm run build && node bench/ceph-rbd.mjs [--runs 1] [--pool volumes]
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes, randomFillSync } from 'node:crypto';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync, ftruncateSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const LAB = process.env.VPROTECT_LAB ?? '/tmp/vprotect-lab';
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : dflt;
+};
+const MiB = 1 << 20;
+
+function labCeph() {
+  const file = join(LAB, 'lab.json');
+  if (!existsSync(file) || !existsSync(join(LAB, 'state', 'ceph.ready'))) throw new Error('the lab\'s Ceph is not running: start it with `npm run lab:up`');
+  const c = JSON.parse(readFileSync(file, 'utf8')).ceph;
+  return { conf: c.conf, keyring: c.keyring, user: c.user };
+}
+
+// ---------------------------------------------------------------- child: one measured vprotect step
+if (args[0] === '--child') {
+  const [, step, repoDir, pool, image, outImage] = args;
+  const ceph = labCeph();
+  const { backupVm } = await import(join(root, 'dist/src/engine/backup-vm.js'));
+  const { openRepository } = await import(join(root, 'dist/src/repository/repository.js'));
+  const mod = await import(join(root, 'dist/strategies/ceph-rbd/index.js'));
+  const inventory = { file: '/dev/null', version: 1, clouds: {}, hypervisors: [], cephClusters: { lab: { conf: { path: ceph.conf }, keyring: { path: ceph.keyring }, user: ceph.user, pools: [pool] } }, destinations: {}, proxies: [], policies: [] };
+  const log = { debug() {}, info() {}, warn: (m) => process.stderr.write(`warn: ${m}\n`), error: (m) => process.stderr.write(`error: ${m}\n`) };
+  // The data phase: from the first extent request (first progress event) to the durable data file.
+  let readStart;
+  let dataEnd;
+  const events = (e) => {
+    if (e.type === 'progress' && readStart === undefined) readStart = process.hrtime.bigint();
+  };
+  const onStep = (s) => {
+    if (s.startsWith('data:')) dataEnd = process.hrtime.bigint();
+  };
+  const ctx = { log, events, signal: new AbortController().signal, dryRun: false, inventory, policy: undefined, options: {}, env: {} };
+  const repo = await openRepository(repoDir, { create: true });
+  const t0 = process.hrtime.bigint();
+  let out;
+  if (step === 'backup') {
+    const r = await backupVm({ repo, strategy: mod.default, target: { vmId: 'bench', vmName: 'bench', disks: [{ key: 'vda', kind: 'rbd', pool, image }] }, level: 'auto', ctx, command: 'bench', onStep });
+    out = { pointId: r.pointId, level: r.level, storedBytes: r.disks[0].storedBytes, dataBytes: r.disks[0].dataBytes, dataSeconds: Number(dataEnd - readStart) / 1e9 };
+  } else {
+    const last = await repo.lastCompletePoint('bench');
+    await mod.restoreToRbd({ repo, point: last, disk: 'vda', clusterName: 'lab', cluster: inventory.cephClusters.lab, pool, image: outImage });
+    out = { pointId: last.pointId };
+  }
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const u = process.resourceUsage();
+  process.stdout.write(JSON.stringify({ ...out, seconds, maxRssKiB: u.maxRSS, userS: u.userCPUTime / 1e6, sysS: u.systemCPUTime / 1e6 }) + '\n');
+  process.exit(0);
+}
+
+// ---------------------------------------------------------------- parent
+const ceph = labCeph();
+const pool = opt('pool', 'volumes');
+const runs = Number(opt('runs', '3'));
+const rbdArgs = ['--id', ceph.user, '--conf', ceph.conf, '--keyring', ceph.keyring];
+const rbd = (...a) => execFileSync('rbd', [...rbdArgs, ...a], { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * MiB }).toString();
+/** Runs rbd under /usr/bin/time: seconds and peak RSS (KiB) of rbd itself. */
+function timedRbd(...a) {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', 'rbd', ...rbdArgs, ...a], { encoding: 'utf8' });
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`rbd ${a.join(' ')} failed: ${r.stderr}`);
+  const rss = Number(r.stderr.trim().split('\n').at(-1));
+  return { seconds, maxRssKiB: rss };
+}
+function child(...a) {
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', ...a], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`child ${a[0]} failed: ${r.stderr}`);
+  if (r.stderr.trim()) process.stderr.write(r.stderr);
+  return JSON.parse(r.stdout.trim().split('\n').at(-1));
+}
+const removeImage = (name) => {
+  try {
+    rbd('snap', 'purge', '--no-progress', `${pool}/${name}`);
+  } catch {}
+  try {
+    rbd('rm', '--no-progress', `${pool}/${name}`);
+  } catch {}
+};
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const gbps = (bytes, s) => `${(bytes / s / 1e9).toFixed(2)} GB/s`;
+
+const work = mkdtempSync(join(tmpdir(), 'vprotect-bench-rbd-'));
+const tag = randomBytes(3).toString('hex');
+const src = `vpb-src-${tag}`;
+const made = [src];
+const results = { full: [], fullBase: [], inc: [], incBase: [], restore: [], restoreBase: [] };
+let stored = { full: 0, inc: 0, incDiffFile: 0 };
+try {
+  // 2 GiB image, 1 GiB of random data: every other 4 MiB object.
+  const seed = join(work, 'seed.raw');
+  const fd = openSync(seed, 'w');
+  ftruncateSync(fd, 2048 * MiB);
+  const block = Buffer.alloc(4 * MiB);
+  for (let off = 0; off < 2048 * MiB; off += 8 * MiB) {
+    randomFillSync(block);
+    writeSync(fd, block, 0, block.length, off);
+  }
+  closeSync(fd);
+  process.stdout.write('importing the 2 GiB / 1 GiB-data source image…\n');
+  rbd('import', '--no-progress', seed, `${pool}/${src}`);
+  rmSync(seed);
+
+  for (let run = 0; run < runs; run++) {
+    const repo = join(work, `repo-${run}`);
+    // ---- full
+    const full = child('backup', repo, pool, src);
+    if (full.level !== 'full') throw new Error('the first backup was not a full');
+    results.full.push(full);
+    stored.full = full.storedBytes;
+    const s1 = `vprotect-${full.pointId}`;
+    const exportFile = join(work, 'export.raw');
+    results.fullBase.push(timedRbd('export', '--no-progress', `${pool}/${src}@${s1}`, exportFile));
+    rmSync(exportFile);
+
+    // ---- 256 MiB of 1 MiB writes, scattered (qemu-io on rbd:)
+    const cmds = [];
+    for (let i = 0; i < 256; i++) cmds.push('-c', `write -P 0x${(0x10 + (i % 200)).toString(16)} ${((i * 7919) % 2048) * MiB} 1M`);
+    execFileSync('qemu-io', ['-f', 'raw', `rbd:${pool}/${src}:id=${ceph.user}:conf=${ceph.conf}:keyring=${ceph.keyring}`, ...cmds], { stdio: 'ignore' });
+    // Baseline on a user snapshot of the same content (the vprotect run takes its own right after).
+    rbd('snap', 'create', `${pool}/${src}@bench-s2`);
+    const diffFile = join(work, 'inc.diff');
+    results.incBase.push(timedRbd('export-diff', '--no-progress', '--from-snap', s1, `${pool}/${src}@bench-s2`, diffFile));
+    stored.incDiffFile = statSync(diffFile).size;
+    rmSync(diffFile);
+    const inc = child('backup', repo, pool, src);
+    if (inc.level !== 'incremental') throw new Error('the second backup was not an incremental');
+    results.inc.push(inc);
+    stored.inc = inc.storedBytes;
+    rbd('snap', 'rm', '--no-progress', `${pool}/${src}@bench-s2`);
+
+    // ---- restore: vprotect (one import-diff stream) vs stock import + snap create + import-diff
+    const mine = `vpb-restore-${tag}-${run}`;
+    made.push(mine);
+    results.restore.push(child('restore', repo, pool, src, mine));
+    const stock = `vpb-stock-${tag}-${run}`;
+    made.push(stock);
+    const fullPoint = readdirPoint(repo, full.pointId);
+    const t0 = process.hrtime.bigint();
+    const a = timedRbd('import', '--no-progress', join(fullPoint, 'disks/vda.raw'), `${pool}/${stock}`);
+    rbd('snap', 'create', `${pool}/${stock}@${full.pointId}`);
+    const b = timedRbd('import-diff', '--no-progress', join(readdirPoint(repo, inc.pointId), 'disks/vda.rbdiff'), `${pool}/${stock}`);
+    results.restoreBase.push({ seconds: Number(process.hrtime.bigint() - t0) / 1e9, maxRssKiB: Math.max(a.maxRssKiB, b.maxRssKiB) });
+    // Bytes are compared by the tests (test/integration/ceph-rbd); here only time and memory.
+    removeImage(mine);
+    removeImage(stock);
+    rmSync(repo, { recursive: true, force: true });
+    // Next run starts from a fresh repository: drop the vprotect snapshot so it is a full again.
+    for (const s of JSON.parse(rbd('snap', 'ls', '--format', 'json', `${pool}/${src}`))) rbd('snap', 'rm', '--no-progress', `${pool}/${src}@${s.name}`);
+  }
+
+  const m = (k, f = 'seconds') => median(results[k].map((r) => r[f]));
+  const dataFull = 1024 * MiB;
+  const dataInc = stored.incDiffFile;
+  const rows = [
+    ['full backup, data phase', m('full', 'dataSeconds'), m('fullBase'), 'rbd export @snap → file', dataFull],
+    ['full backup, whole run', m('full'), m('fullBase'), 'rbd export @snap → file', dataFull],
+    ['incremental, data phase', m('inc', 'dataSeconds'), m('incBase'), 'rbd export-diff --from-snap → file', dataInc],
+    ['incremental, whole run', m('inc'), m('incBase'), 'rbd export-diff --from-snap → file', dataInc],
+    ['restore (full + inc) to new image', m('restore'), m('restoreBase'), 'rbd import + snap create + import-diff', dataFull + dataInc],
+  ];
+  process.stdout.write(`\nceph-rbd on ${pool}, 2 GiB image / 1 GiB data, incremental 256 × 1 MiB; median of ${runs} run(s); load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`);
+  process.stdout.write('(whole run = plan + snapshot + data + manifest + rotation: ~8 rbd command start-ups, each 0.2–1 s on this machine)\n');
+  for (const [what, mine, base, baseWhat, bytes] of rows) {
+    process.stdout.write(`${what.padEnd(36)} vprotect ${mine.toFixed(2)} s (${gbps(bytes, mine)})  vs ${baseWhat} ${base.toFixed(2)} s (${gbps(bytes, base)})  ratio ${(base / mine).toFixed(2)}×\n`);
+  }
+  process.stdout.write(`stored bytes: incremental ${stored.inc} vs export-diff ${stored.incDiffFile} = ${(stored.inc / stored.incDiffFile).toFixed(4)}×; full ${stored.full} data bytes\n`);
+  process.stdout.write(
+    `peak RSS (MiB): vprotect full ${(m('full', 'maxRssKiB') / 1024).toFixed(0)}, incremental ${(m('inc', 'maxRssKiB') / 1024).toFixed(0)}, restore ${(m('restore', 'maxRssKiB') / 1024).toFixed(0)}; ` +
+      `rbd export ${(m('fullBase', 'maxRssKiB') / 1024).toFixed(0)}, rbd export-diff ${(m('incBase', 'maxRssKiB') / 1024).toFixed(0)}, rbd import/import-diff ${(m('restoreBase', 'maxRssKiB') / 1024).toFixed(0)}\n`,
+  );
+  process.stdout.write(`cpu (s): vprotect full user ${m('full', 'userS').toFixed(2)} sys ${m('full', 'sysS').toFixed(2)}; incremental user ${m('inc', 'userS').toFixed(2)} sys ${m('inc', 'sysS').toFixed(2)}\n`);
+  process.stdout.write(`${JSON.stringify({ bench: 'ceph-rbd', results, stored })}\n`);
+} finally {
+  for (const name of made) removeImage(name);
+  rmSync(work, { recursive: true, force: true });
+}
+
+function readdirPoint(repo, pointId) {
+  const vm = join(repo, 'vms', 'bench', 'chains');
+  for (const chain of execFileSync('ls', [vm]).toString().trim().split('\n')) {
+    const p = join(vm, chain, pointId);
+    if (existsSync(p)) return p;
+  }
+  throw new Error(`point ${pointId} not found`);
+}
