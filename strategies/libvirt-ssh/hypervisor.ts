@@ -19,6 +19,9 @@ export class VirshError extends UnavailableError {
   }
 }
 
+/** virsh commands that change nothing (may be repeated after a lost exit status). */
+const QUERIES = new Set(['domstate', 'dumpxml', 'list', 'checkpoint-list', 'checkpoint-dumpxml', 'domjobinfo', 'backup-dumpxml', 'domblklist', 'domblkinfo', 'domuuid', 'blockjob']);
+
 export class Hypervisor {
   constructor(
     readonly conn: SshConnection,
@@ -59,7 +62,9 @@ export class Hypervisor {
    */
   async virsh(args: string[], opts: { stdin?: string; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<string> {
     const argv = this.virshArgv(args);
-    const r = await this.exec(argv, { timeoutMs: opts.timeoutMs ?? 120_000, ...opts });
+    let r = await this.exec(argv, { timeoutMs: opts.timeoutMs ?? 120_000, ...opts });
+    // Seen under load: the channel closed with neither exit status nor signal. Queries are safe to ask again.
+    if (r.code === undefined && r.signal === undefined && QUERIES.has(args[0]!)) r = await this.exec(argv, { timeoutMs: opts.timeoutMs ?? 120_000, ...opts });
     if (r.code !== 0) {
       const msg = r.stderr.split('\n').map((l) => l.trim()).filter((l) => l && l !== 'error: ' ).map((l) => l.replace(/^error:\s*/, '')).join('; ');
       throw new VirshError(`virsh ${args[0]} on ${this.name} failed: ${msg || `exit status ${r.code ?? r.signal}`}`, r.stderr);
