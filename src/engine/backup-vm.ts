@@ -6,7 +6,7 @@
  * strategy cannot remove is reported with the command that removes it.
  */
 import { createHash } from 'node:crypto';
-import { errorMessage, VprotectError } from '../errors.js';
+import { errorMessage, throwIfAborted, VprotectError } from '../errors.js';
 import type { BackupLevel } from '../inventory/types.js';
 import type { PointManifest } from '../repository/manifest.js';
 import type { StepHook } from '../repository/disk-writers.js';
@@ -14,7 +14,7 @@ import { newPointId } from '../repository/ids.js';
 import type { PointWriter } from '../repository/point-writer.js';
 import type { PointInfo, Repository } from '../repository/repository.js';
 import { shouldStartNewChain } from '../repository/retention.js';
-import type { BackupSession, BackupTarget, DiskPlan, PreviousPoint, Strategy, StrategyContext } from '../strategy/contract.js';
+import type { BackupSession, BackupTarget, DiskPlan, MetadataFile, PreviousPoint, Strategy, StrategyContext } from '../strategy/contract.js';
 import { withProgress } from './progress.js';
 
 export interface BackupVmRequest {
@@ -27,6 +27,8 @@ export interface BackupVmRequest {
   command: string;
   /** Why the engine forces a new chain (retention's newChainAfter), if it does. */
   forceFullReason?: string;
+  /** The VM's cloud metadata (Nova, Glance, Cinder, Neutron), read right after the snapshot. */
+  captureMetadata?: () => Promise<MetadataFile[]>;
   /** Tests: the point writer's step hook (crash/kill tests at each durable step). */
   onStep?: StepHook;
 }
@@ -93,6 +95,16 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
       ...(req.onStep ? { onStep: req.onStep } : {}),
     });
     for (const file of await session.metadata()) await writer.addMetadata(file.name, file.content);
+    const warnings: string[] = [];
+    if (req.captureMetadata) {
+      // The disks matter more than their description: a cloud that cannot be read now costs a warning, not the backup.
+      try {
+        for (const file of await req.captureMetadata()) await writer.addMetadata(file.name, file.content);
+      } catch (err) {
+        throwIfAborted(ctx.signal);
+        warnings.push(`cloud metadata could not be captured: ${errorMessage(err)}`);
+      }
+    }
 
     const disks: DiskResult[] = [];
     for (const plan of plans) {
@@ -104,7 +116,6 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
     const manifest = await writer.commit();
 
     // The point is durable from here on: a failure now must not turn a good backup into a failed one.
-    const warnings: string[] = [];
     try {
       await session.commit();
     } catch (err) {

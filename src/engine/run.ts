@@ -6,7 +6,7 @@
 import { errorMessage, PartialFailureError, throwIfAborted, VprotectError, InterruptedError } from '../errors.js';
 import type { BackupLevel, PolicyConfig } from '../inventory/types.js';
 import type { Repository } from '../repository/repository.js';
-import type { BackupTarget, Strategy, StrategyContext } from '../strategy/contract.js';
+import type { BackupTarget, MetadataFile, Strategy, StrategyContext } from '../strategy/contract.js';
 import { backupVm, type BackupVmResult } from './backup-vm.js';
 
 export interface RunItem {
@@ -16,6 +16,9 @@ export interface RunItem {
   policy: PolicyConfig | undefined;
   options: Record<string, unknown>;
   forceFullReason?: string;
+  captureMetadata?: () => Promise<MetadataFile[]>;
+  /** Known before the run that this VM cannot be backed up (reported as its failure). */
+  refusal?: VprotectError;
 }
 
 export interface VmFailure {
@@ -40,6 +43,7 @@ export async function runBackups(
     const { target } = item;
     opts.base.events({ type: 'vm-start', vmId: target.vmId, vmName: target.vmName, strategy: item.strategy.name, message: `backing up ${target.vmName} (${item.strategy.name})` });
     try {
+      if (item.refusal) throw item.refusal;
       const result = await backupVm({
         repo: item.repo,
         strategy: item.strategy,
@@ -48,6 +52,7 @@ export async function runBackups(
         ctx: { ...opts.base, policy: item.policy, options: item.options },
         command: opts.command,
         ...(item.forceFullReason ? { forceFullReason: item.forceFullReason } : {}),
+        ...(item.captureMetadata ? { captureMetadata: item.captureMetadata } : {}),
       });
       report.ok.push(result);
       for (const w of result.warnings) opts.base.log.warn(`${target.vmName}: ${w}`);

@@ -6,7 +6,10 @@ import { UsageError } from '../../errors.js';
 import type { BackupLevel, Inventory, PolicyConfig, StrategyName } from '../../inventory/types.js';
 import type { Repository } from '../../repository/repository.js';
 import type { BackupTarget } from '../../strategy/contract.js';
+import { policyTargets, type PolicyTargets } from '../../engine/cloud-targets.js';
 import { runBackups, type RunItem, type RunReport } from '../../engine/run.js';
+import { commandProbe } from '../../openstack/probe.js';
+import { SshPool } from '../../transport/ssh.js';
 import { loadStrategy } from '../../../strategies/index.js';
 import type { CliContext } from '../context.js';
 import type { Action } from '../main.js';
@@ -16,24 +19,43 @@ export const backup: Action = async (ctx, _args, opts) => {
   const inv = await ctx.loadInventory();
   const policy = findPolicy(inv, opts['policy'] as string | undefined);
   const level = opts['level'] as BackupLevel;
-  const targets = explicitTargets(inv, opts);
-  if (targets.length === 0) {
-    throw new UsageError('say what to back up', { hint: 'use --domain NAME (libvirt-ssh) or --rbd POOL/IMAGE (ceph-rbd)' });
+  const explicit = explicitTargets(inv, opts);
+  if (explicit.length === 0 && !policy) {
+    throw new UsageError('say what to back up', { hint: 'use --policy NAME [--vm ...] for cloud instances, or --domain NAME (libvirt-ssh) / --rbd POOL/IMAGE (ceph-rbd)' });
   }
   const destination = (opts['destination'] as string | undefined) ?? policy?.destination;
-  const repo: Repository = await openRepo(ctx, { destination }, { create: true });
-  const items: RunItem[] = [];
-  for (const { target, strategy } of targets) {
-    items.push({ target, strategy: await loadStrategy(strategy), repo, policy, options: policy?.strategy === strategy ? (policy.strategyOptions ?? {}) : {} });
+  const repo: Repository = await openRepo(ctx, { destination }, { create: !ctx.dryRun });
+
+  const pool = new SshPool({ env: ctx.env, log: ctx.log, signal: ctx.signal, connectTimeoutMs: 15_000 });
+  let cloudTargets: PolicyTargets | undefined;
+  try {
+    const items: RunItem[] = [];
+    const optionsFor = (strategy: StrategyName) => (policy?.strategy === strategy ? (policy.strategyOptions ?? {}) : {});
+    for (const { target, strategy } of explicit) {
+      items.push({ target, strategy: await loadStrategy(strategy), repo, policy, options: optionsFor(strategy) });
+    }
+    if (policy && explicit.length === 0) {
+      const probe = commandProbe((hv, argv) => pool.withHost(hv, (c) => c.exec(argv, { timeoutMs: 30_000, signal: ctx.signal }), ctx.signal));
+      cloudTargets = await policyTargets(inv, policy, { vms: opts['vm'] as string[] | undefined, env: ctx.env, cwd: process.cwd(), log: ctx.log, signal: ctx.signal, probe });
+      for (const w of cloudTargets.warnings) ctx.log.warn(w);
+      if (cloudTargets.targets.length === 0) ctx.log.warn(`policy ${policy.name} selects no instance (see \`vprotect sync\`)`);
+      const strategy = await loadStrategy(policy.strategy);
+      for (const t of cloudTargets.targets) {
+        items.push({ target: t.target, strategy, repo, policy, options: optionsFor(policy.strategy), captureMetadata: t.captureMetadata, ...(t.refusal ? { refusal: t.refusal } : {}) });
+      }
+    }
+    if (ctx.dryRun) {
+      ctx.out.result({ dryRun: true, destination: repo.root, level, vms: items.map((i) => ({ vmId: i.target.vmId, vmName: i.target.vmName, strategy: i.strategy.name, ...(i.refusal ? { refused: i.refusal.message } : {}) })) }, (d) =>
+        d.vms.map((v) => (v.refused ? `would skip ${v.vmName}: ${v.refused}` : `would back up ${v.vmName} (${v.strategy}, ${level}) to ${d.destination}`)).join('\n') || 'nothing to back up',
+      );
+      return;
+    }
+    const report = await runBackups(items, { level, command: commandLine(opts), base: { log: ctx.log, events: ctx.events, signal: ctx.signal, dryRun: false, inventory: inv, env: ctx.env } });
+    printSummary(ctx, report);
+  } finally {
+    cloudTargets?.close();
+    await pool.close();
   }
-  if (ctx.dryRun) {
-    ctx.out.result({ dryRun: true, destination: repo.root, level, vms: items.map((i) => ({ vmId: i.target.vmId, vmName: i.target.vmName, strategy: i.strategy.name })) }, (d) =>
-      d.vms.map((v) => `would back up ${v.vmName} (${v.strategy}, ${level}) to ${d.destination}`).join('\n'),
-    );
-    return;
-  }
-  const report = await runBackups(items, { level, command: commandLine(opts), base: { log: ctx.log, events: ctx.events, signal: ctx.signal, dryRun: false, inventory: inv, env: ctx.env } });
-  printSummary(ctx, report);
 };
 
 function printSummary(ctx: CliContext, report: RunReport): void {
@@ -93,6 +115,6 @@ function onlyOne<T>(items: T[], what: string, flag: string): T {
 /** The command recorded in lock owner files (no secrets: only our own options). */
 function commandLine(opts: Record<string, unknown>): string {
   const parts = ['vprotect backup'];
-  for (const k of ['policy', 'domain', 'rbd', 'level'] as const) if (opts[k] !== undefined) parts.push(`--${k} ${String(opts[k])}`);
+  for (const k of ['policy', 'vm', 'domain', 'rbd', 'level'] as const) if (opts[k] !== undefined) parts.push(`--${k} ${[opts[k]].flat().join(' ')}`);
   return parts.join(' ');
 }
