@@ -104,8 +104,11 @@ function scattered(count, size, span) {
 
 const work = mkdtempSync(join(tmpdir(), 'vprotect-bench-lvs-'));
 const tag = randomBytes(3).toString('hex');
+// Two identical domains: virtnbdbackup refuses a domain with checkpoints it did not create.
 const domain = `vpb-${tag}`;
+const domainB = `vpb-${tag}-vnb`;
 const disk = join(vms, `${domain}.qcow2`);
+const diskB = join(vms, `${domainB}.qcow2`);
 const results = {};
 try {
   process.stdout.write(`building ${domain}: 2 GiB qcow2, 1 GiB of random data…\n`);
@@ -121,18 +124,21 @@ try {
   closeSync(fd);
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', raw, disk]);
   rmSync(raw);
-  execFileSync('chmod', ['0666', disk]);
-  const xml = `<domain type='qemu'><name>${domain}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-<devices><emulator>/usr/bin/qemu-system-x86_64</emulator><disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/><source file='${disk}'/><target dev='vda' bus='virtio'/></disk>
-<serial type='file'><source path='${join(vms, `${domain}.serial.log`)}'/><target port='0'/></serial><video><model type='none'/></video><memballoon model='none'/></devices></domain>`;
-  writeFileSync(join(work, 'dom.xml'), xml);
-  virsh('define', join(work, 'dom.xml'));
-  virsh('start', domain);
+  execFileSync('cp', ['--sparse=always', disk, diskB]);
+  execFileSync('chmod', ['0666', disk, diskB]);
+  const domainXml = (name, file) => `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+<devices><emulator>/usr/bin/qemu-system-x86_64</emulator><disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/><source file='${file}'/><target dev='vda' bus='virtio'/></disk>
+<serial type='file'><source path='${join(vms, `${name}.serial.log`)}'/><target port='0'/></serial><video><model type='none'/></video><memballoon model='none'/></devices></domain>`;
+  for (const [name, file] of [[domain, disk], [domainB, diskB]]) {
+    writeFileSync(join(work, `${name}.xml`), domainXml(name, file));
+    virsh('define', join(work, `${name}.xml`));
+    virsh('start', name);
+  }
 
   // Full: ssh cat of the image file (what "copy the disk over SSH" costs), cache warm for both.
   execFileSync('cat', [disk], { stdio: ['ignore', 'ignore', 'ignore'] });
   const sshArgs = ['-c', 'aes128-gcm@openssh.com', '-i', ssh.keyFile, '-o', `UserKnownHostsFile=${ssh.knownHostsFile}`, '-o', 'StrictHostKeyChecking=yes', '-p', String(ssh.port), `${ssh.user}@${ssh.host}`];
-  results.sshCat = timed('sh', ['-c', 'ssh "$@" cat "$0" > "$1"', disk, join(work, 'cat.out'), ...sshArgs]);
+  results.sshCat = timed('sh', ['-c', 'd=$1; o=$2; shift 2; ssh "$@" cat "$d" > "$o"', 'sh', disk, join(work, 'cat.out'), ...sshArgs]);
   results.sshCat.bytes = statSync(join(work, 'cat.out')).size;
   rmSync(join(work, 'cat.out'));
   process.stdout.write(`ssh cat: ${results.sshCat.seconds.toFixed(2)} s\n`);
@@ -144,7 +150,7 @@ try {
   results.fullTcp = child(repoTcp, domain, 'netcat', 'full');
   process.stdout.write(`vprotect full (tcp): ${results.fullTcp.seconds.toFixed(2)} s\n`);
   const vnb = join(work, 'virtnbdbackup');
-  results.vnbFull = timed('virtnbdbackup', ['-d', domain, '-l', 'full', '-o', vnb, '--noprogress']);
+  results.vnbFull = timed('virtnbdbackup', ['-d', domainB, '-l', 'full', '-o', vnb, '--noprogress']);
   results.vnbFull.bytes = dirBytes(vnb);
   process.stdout.write(`virtnbdbackup full: ${results.vnbFull.seconds.toFixed(2)} s\n`);
 
@@ -152,11 +158,13 @@ try {
     ['A', 256, 64 * 1024],
     ['B', 64, 4 * MiB],
   ]) {
-    guestWrites(domain, scattered(count, size, 2048 * MiB));
+    const writes = scattered(count, size, 2048 * MiB);
+    guestWrites(domain, writes);
+    guestWrites(domainB, writes);
     const before = dirBytes(vnb);
     results[`inc${name}Ssh`] = child(repoSsh, domain, 'ssh', 'incremental');
     results[`inc${name}Tcp`] = child(repoTcp, domain, 'netcat', 'incremental');
-    results[`vnbInc${name}`] = timed('virtnbdbackup', ['-d', domain, '-l', 'inc', '-o', vnb, '--noprogress']);
+    results[`vnbInc${name}`] = timed('virtnbdbackup', ['-d', domainB, '-l', 'inc', '-o', vnb, '--noprogress']);
     results[`vnbInc${name}`].bytes = dirBytes(vnb) - before;
     results[`changed${name}`] = count * size;
     process.stdout.write(`incremental ${name}: vprotect ssh ${results[`inc${name}Ssh`].seconds.toFixed(2)} s, tcp ${results[`inc${name}Tcp`].seconds.toFixed(2)} s, virtnbdbackup ${results[`vnbInc${name}`].seconds.toFixed(2)} s\n`);
@@ -178,9 +186,11 @@ try {
   process.stdout.write(`\n${JSON.stringify(results)}\n`);
 } finally {
   if (!args.includes('--keep')) {
-    tryVirsh('destroy', domain);
-    tryVirsh('undefine', domain, '--checkpoints-metadata');
-    execFileSync('sh', ['-c', 'rm -rf "$1"/"$2".* "$1"/.vprotect-bench', 'sh', vms, domain]);
+    for (const d of [domain, domainB]) {
+      tryVirsh('destroy', d);
+      tryVirsh('undefine', d, '--checkpoints-metadata');
+      execFileSync('sh', ['-c', 'rm -rf "$1"/"$2".* "$1"/.vprotect-bench', 'sh', vms, d]);
+    }
     rmSync(work, { recursive: true, force: true });
   }
 }
