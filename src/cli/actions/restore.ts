@@ -25,7 +25,8 @@ const targets: TargetEntry[] = [
   { option: 'toRbd', flag: '--to-rbd', make: (o, ctx) => rbdRestoreTarget(o, ctx) },
 ];
 
-export const restore: Action = async (ctx, _args, opts) => {
+export const restore: Action = async (ctx, args, opts) => {
+  if (opts['plan']) return (await import('./restore-plan.js')).restorePlan(ctx, args, opts);
   const chosen = targets.filter((t) => opts[t.option] !== undefined && opts[t.option] !== false);
   if (chosen.length !== 1) {
     throw new UsageError(chosen.length === 0 ? 'say where to restore to' : `choose one of ${chosen.map((t) => t.flag).join(', ')}`, { hint: `one of ${targets.map((t) => t.flag).join(', ')}` });

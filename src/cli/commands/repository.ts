@@ -24,9 +24,14 @@ export function repositoryCommands(program: Command, bind: Bind): void {
     .option('--to-rbd <pool/image>', 'write into a new RBD image (ceph-rbd; --overwrite to replace an existing one)')
     .option('--overwrite', 'with --to-rbd: replace the content of an existing image')
     .option('--ceph <cluster>', 'with --to-rbd: the inventory\'s Ceph cluster (default: its only one)')
-    .option('--to-rbd <pool/image>', 'write into a new RBD image (ceph-rbd; --overwrite to replace an existing one)')
-    .option('--overwrite', 'with --to-rbd: replace the content of an existing image')
-    .option('--ceph <cluster>', 'with --to-rbd: the inventory\'s Ceph cluster (default: its only one)')
+    .option('--plan', 'print what restoring the instance into OpenStack would create, and where, without creating anything')
+    .option('--cloud <name>', 'with --plan: the inventory cloud to restore into (default: the point\'s, or the only one)')
+    .option('--name <name>', 'with --plan: name of the new server (default: the original\'s)')
+    .option('--project <name|id>', 'with --plan: project to restore into (default: the original\'s)')
+    .option('--flavor <name|id>', 'with --plan: flavor (default: the original\'s)')
+    .option('--network <name|id|none>', 'with --plan: network for every port (default: the original networks)')
+    .option('--availability-zone <zone>', 'with --plan: availability zone')
+    .option('--volume-type <type>', 'with --plan: volume type for every volume (default: each volume\'s own)')
     .addOption(destination())
     .action(bind(async () => (await import('../actions/restore.js')).restore));
 
