@@ -13,7 +13,11 @@ import { MAX_RECORD_BYTES } from '../../src/repository/disk-writers.js';
 import type { Extent } from '../../src/repository/extents.js';
 import { parseRbdDiff, type RbdDiffItem } from '../../src/repository/rbd-diff.js';
 import type { StreamingExec } from './exec.js';
+import { prefetch } from './prefetch.js';
 import { imageSpec, type Rbd } from './rbd.js';
+
+/** Read-ahead between rbd's stdout and the parser (see prefetch.ts). */
+const PREFETCH_BYTES = 32 << 20;
 
 export interface ExportDiffRequest {
   pool: string;
@@ -42,7 +46,7 @@ export function exportDiffArgs(r: Pick<ExportDiffRequest, 'pool' | 'image' | 'sn
 export async function* readExportDiff(rbd: Pick<Rbd, 'stream'>, req: ExportDiffRequest): AsyncGenerator<Extent> {
   const what = `rbd export-diff ${req.fromSnap ? `--from-snap ${req.fromSnap} ` : ''}${req.pool}/${req.image}@${req.snap}`;
   const proc = await rbd.stream(exportDiffArgs(req), req.signal);
-  const idle = idleWatch(proc, req.idleTimeoutMs ?? 600_000, what);
+  const idle = idleWatch(prefetch(proc.stdout, PREFETCH_BYTES), proc, req.idleTimeoutMs ?? 600_000, what);
   let exited = false;
   try {
     yield* diffExtents(parseRbdDiff(idle.source, { what, ordered: true }), req, what);
@@ -148,7 +152,7 @@ export async function* diffExtents(items: AsyncIterable<RbdDiffItem>, req: Pick<
 }
 
 /** Kills the command when its stdout stays silent for `ms`; `fired` then says so. */
-function idleWatch(proc: StreamingExec, ms: number, what: string): { source: AsyncIterable<Buffer>; fired: Error | undefined; stop(): void } {
+function idleWatch(stdout: AsyncIterable<Buffer>, proc: StreamingExec, ms: number, what: string): { source: AsyncIterable<Buffer>; fired: Error | undefined; stop(): void } {
   let timer: NodeJS.Timeout | undefined;
   const arm = () => {
     if (timer) clearTimeout(timer);
@@ -161,7 +165,7 @@ function idleWatch(proc: StreamingExec, ms: number, what: string): { source: Asy
   const state = {
     fired: undefined as Error | undefined,
     source: (async function* () {
-      for await (const chunk of proc.stdout) {
+      for await (const chunk of stdout) {
         arm();
         yield chunk;
       }

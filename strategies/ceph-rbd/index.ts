@@ -64,7 +64,9 @@ export async function openCephRbdSession(target: BackupTarget, ctx: StrategyCont
   let exec = deps.exec;
   let hypervisorExec: CommandExec | undefined;
   let onClose: (() => Promise<void>) | undefined;
-  if (target.hypervisor && (!exec || opts.runOn === 'hypervisor')) {
+  const hooks = [...(ctx.policy?.hooks?.preSnapshot ?? []), ...(ctx.policy?.hooks?.postSnapshot ?? [])];
+  const needHypervisor = (opts.runOn === 'hypervisor' && !exec) || hooks.some((h) => h.where === 'hypervisor');
+  if (target.hypervisor && needHypervisor) {
     // Loaded only when a hypervisor is involved: ssh2 is not needed for runOn backup-node.
     const { SshPool } = await import('../../src/transport/ssh.js');
     const pool = new SshPool({ env: ctx.env, log: ctx.log, signal: ctx.signal });

@@ -17,6 +17,7 @@ import { encodePreamble, encodeWriteHeader, encodeZero, RBD_DIFF_END } from '../
 import type { PointInfo, Repository } from '../../src/repository/repository.js';
 import type { RestoreContext, RestoreResult, RestoreTarget } from '../../src/repository/restore.js';
 import { localExec, type CommandExec } from './exec.js';
+import { prefetch } from './prefetch.js';
 import { imageSpec, Rbd } from './rbd.js';
 
 /** Whole stream chunks handed to rbd's stdin: large, so the pipe moves MiBs per write. */
@@ -52,7 +53,8 @@ export class RbdRestoreTarget implements RestoreTarget {
     const stats = { dataBytes: 0 };
     try {
       await this.rbd.run(['import-diff', '--no-progress', '-', spec], {
-        input: diffStream(reader, { zeros: Boolean(existing), stats, ...(ctx.signal ? { signal: ctx.signal } : {}), ...(ctx.events ? { events: ctx.events } : {}) }),
+        // Produced ahead of rbd (reading + checking the chain runs while rbd writes).
+        input: prefetch(diffStream(reader, { zeros: Boolean(existing), stats, ...(ctx.signal ? { signal: ctx.signal } : {}), ...(ctx.events ? { events: ctx.events } : {}) }), 32 << 20),
         // Hours for a large disk: no overall timeout (the pipe's backpressure keeps it bounded).
         timeoutMs: 0,
         ...(ctx.signal ? { signal: ctx.signal } : {}),
