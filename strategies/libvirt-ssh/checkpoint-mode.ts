@@ -5,9 +5,13 @@
  * dirty bitmap `backup-<target>` for incremental disks. The new checkpoint is created by the
  * same backup-begin, atomically with the view.
  *
- * Checkpoint metadata lives in libvirt only and is lost when the domain is undefined (Nova
- * does that on hard reboot, resize, migration) while the bitmaps stay in the qcow2 files; the
- * anchor keeps `checkpoint-dumpxml --no-domain`, so a lost checkpoint is redefined from it.
+ * Checkpoint metadata lives in libvirt only, the bitmaps in the qcow2 files. Between backups
+ * vprotect keeps the bitmap but NOT the metadata: libvirt refuses to undefine a domain that has
+ * checkpoints ("cannot delete inactive domain with 1 checkpoints") unless the caller passes
+ * VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA, and Nova does not — its delete, hard reboot, resize
+ * and migration would fail. So every run redefines the previous checkpoint from the XML its
+ * anchor keeps (`checkpoint-dumpxml --no-domain`) before the backup job, and once the point is
+ * durable deletes the previous checkpoint (with its bitmap) and the new one's metadata only.
  */
 import { attr, child, children, el, parseXml, removeChildren, serializeXml, textOf } from './xml.js';
 import type { Hypervisor } from './hypervisor.js';
@@ -103,10 +107,13 @@ export async function dumpCheckpoint(hv: Hypervisor, domain: string, name: strin
   return hv.virsh(['checkpoint-dumpxml', domain, name, '--no-domain'], { signal: null });
 }
 
-/** Deletes a checkpoint (and its bitmaps); an absent one is fine. */
-export async function deleteCheckpoint(hv: Hypervisor, domain: string, name: string): Promise<void> {
+/**
+ * Deletes a checkpoint: with its bitmaps, or with `metadataOnly` libvirt's record of it only (the
+ * bitmaps stay in the images for the next run to redefine it). An absent one is fine.
+ */
+export async function deleteCheckpoint(hv: Hypervisor, domain: string, name: string, opts: { metadataOnly?: boolean } = {}): Promise<void> {
   try {
-    await hv.virsh(['checkpoint-delete', domain, name], { signal: null });
+    await hv.virsh(['checkpoint-delete', domain, name, ...(opts.metadataOnly ? ['--metadata'] : [])], { signal: null });
   } catch (err) {
     if (err instanceof VirshError && /not found|no domain checkpoint/i.test(err.stderr)) return;
     throw err;

@@ -27,6 +27,11 @@ export interface Journal {
   owner: { host: string; pid: number; startedAt: string };
   /** Checkpoint this run creates (with the backup job), and the previous one to drop on commit. */
   checkpoint?: { name: string; previous?: string };
+  /**
+   * Checkpoints whose libvirt metadata this run (re)defined from the repository (written BEFORE
+   * the redefine): their metadata must not outlive the run, or Nova cannot undefine the domain.
+   */
+  redefined?: string[];
   /** A backup job was (being) started. */
   job?: boolean;
   overlays?: OverlayRecord[];

@@ -1,11 +1,13 @@
 /**
  * `vprotect cleanup`, libvirt-ssh side: on every hypervisor of the inventory, the run
- * directories of killed runs (with what their journals say they created) and backup jobs that
- * serve from a vprotect run directory with no live run behind them.
+ * directories of killed runs (with what their journals say they created), backup jobs that
+ * serve from a vprotect run directory with no live run behind them, and vprotect checkpoint
+ * metadata no run accounts for (it keeps Nova from undefining the domain).
  */
 import { errorMessage } from '../../src/errors.js';
 import { shellJoin } from '../../src/transport/quote.js';
 import type { KnownAnchors, Leftover, PreviousPoint, StrategyContext } from '../../src/strategy/contract.js';
+import { deleteCheckpoint } from './checkpoint-mode.js';
 import { borrowConnection } from './connections.js';
 import { Hypervisor } from './hypervisor.js';
 import { listJournals, ownerMayBeAlive, type Journal } from './journal.js';
@@ -22,6 +24,7 @@ function describeRun(j: Journal): string {
   const parts = [`interrupted run ${j.runId} of domain ${j.domain} (${j.phase})`];
   if (j.job) parts.push('a backup job');
   if (j.checkpoint) parts.push(`checkpoint ${j.checkpoint.name}`);
+  for (const c of j.redefined ?? []) if (c !== j.checkpoint?.previous) parts.push(`redefined checkpoint ${c}`);
   for (const o of j.overlays ?? []) parts.push(`overlay ${o.overlay} on ${o.frozen}`);
   return parts.join(', ');
 }
@@ -29,11 +32,15 @@ function describeRun(j: Journal): string {
 function manualSteps(j: Journal, forward: boolean): string {
   const steps: string[] = [];
   if (j.job) steps.push(shellJoin(['virsh', 'domjobabort', j.domain]));
+  const older = [...new Set([...(j.checkpoint?.previous ? [j.checkpoint.previous] : []), ...(j.redefined ?? [])])].filter((n) => n !== j.checkpoint?.name);
+  // No checkpoint metadata stays (Nova cannot undefine the domain); the newest durable bitmap does.
   if (forward) {
-    if (j.checkpoint?.previous) steps.push(shellJoin(['virsh', 'checkpoint-delete', j.domain, j.checkpoint.previous]));
+    for (const c of older) steps.push(shellJoin(['virsh', 'checkpoint-delete', j.domain, c]));
+    if (j.checkpoint) steps.push(shellJoin(['virsh', 'checkpoint-delete', j.domain, j.checkpoint.name, '--metadata']));
     for (const o of j.overlays ?? []) if (o.commitInto) steps.push(shellJoin(['virsh', 'blockcommit', j.domain, o.target, '--top', o.frozen, '--base', o.commitInto, '--wait']), shellJoin(['rm', '-f', o.frozen]));
   } else {
     if (j.checkpoint) steps.push(shellJoin(['virsh', 'checkpoint-delete', j.domain, j.checkpoint.name]));
+    for (const c of older) steps.push(shellJoin(['virsh', 'checkpoint-delete', j.domain, c, '--metadata']));
     for (const o of j.overlays ?? []) steps.push(shellJoin(['virsh', 'blockcommit', j.domain, o.target, '--active', '--pivot', '--top', o.overlay, '--base', o.frozen, '--wait']), shellJoin(['rm', '-f', o.overlay]));
   }
   steps.push(shellJoin(['rm', '-rf', j.dir]));
@@ -55,6 +62,8 @@ export async function findLeftovers(ctx: StrategyContext, known?: KnownAnchors):
     const hv = new Hypervisor(borrowed.conn, hvConfig, ctx.log);
     try {
       const seen = new Set<string>();
+      // Checkpoints some run's journal (live or dead) accounts for, per domain.
+      const journaled = new Set<string>();
       for (const workDir of workDirs(ctx)) {
         for (const { dir, journal } of await listJournals(hv, workDir)) {
           if (seen.has(dir)) continue;
@@ -64,6 +73,7 @@ export async function findLeftovers(ctx: StrategyContext, known?: KnownAnchors):
             out.push({ where, what: `run directory ${dir} without a journal`, removeWith: `ssh ${hv.name} ${shellJoin(['rm', '-rf', dir])}`, remove: () => withHv(ctx, hvConfig, (h) => h.remove(dir)) });
             continue;
           }
+          for (const c of [journal.checkpoint?.name, journal.checkpoint?.previous, ...(journal.redefined ?? [])]) if (c) journaled.add(`${journal.domain}\0${c}`);
           if (ownerMayBeAlive(journal)) continue;
           const forward = journal.phase === 'committing' || pointIsFromRun(durable, journal);
           out.push({
@@ -90,6 +100,21 @@ export async function findLeftovers(ctx: StrategyContext, known?: KnownAnchors):
             what: `backup job of domain ${domain} serving from ${workDir}/${run ?? '?'}, with no run behind it`,
             removeWith: `ssh ${hv.name} ${shellJoin(['virsh', 'domjobabort', domain])}`,
             remove: () => withHv(ctx, hvConfig, (h) => h.abortJob(domain)),
+          });
+        }
+      }
+      // Checkpoint metadata with no run behind it (older vprotect versions kept it between backups,
+      // or a run killed before it journaled): Nova cannot delete, hard-reboot, resize or migrate
+      // the instance while it exists. Only the metadata goes: the bitmap stays in the qcow2 and
+      // the next backup redefines the checkpoint from its repository, still incremental.
+      for (const domain of await hv.listDomains()) {
+        const names = await hv.checkpointNames(domain).catch(() => [] as string[]);
+        for (const cp of names.filter((n) => n.startsWith('vprotect-') && !journaled.has(`${domain}\0${n}`))) {
+          out.push({
+            where: `hypervisor ${hv.name}`,
+            what: `checkpoint metadata ${cp} of domain ${domain} (blocks Nova's delete/hard reboot; the bitmap stays)`,
+            removeWith: `ssh ${hv.name} ${shellJoin(['virsh', 'checkpoint-delete', domain, cp, '--metadata'])}`,
+            remove: () => withHv(ctx, hvConfig, (h) => deleteCheckpoint(h, domain, cp, { metadataOnly: true })),
           });
         }
       }

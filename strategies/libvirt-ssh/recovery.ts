@@ -34,20 +34,38 @@ async function isRunning(hv: Hypervisor, domain: string): Promise<boolean> {
   return s === 'running' || s === 'paused';
 }
 
-/** Commit: the point is durable; drop the previous anchors and the run's files. */
-export async function finishRun(hv: Hypervisor, j: Journal, _opts: { running: boolean }): Promise<void> {
+/** The checkpoints before this run's own: the previous point's, and any this run redefined. */
+function olderCheckpoints(j: Journal): string[] {
+  return [...new Set([...(j.checkpoint?.previous ? [j.checkpoint.previous] : []), ...(j.redefined ?? [])])].filter((n) => n !== j.checkpoint?.name);
+}
+
+/**
+ * Commit: the point is durable; drop the previous anchors and the run's files. The older
+ * checkpoints go with their bitmaps (nothing will be read against them again); the new one
+ * loses its libvirt metadata only — its bitmap stays in the qcow2 for the next incremental,
+ * which redefines it from the anchor. No checkpoint metadata may stay between backups: Nova
+ * undefines domains without VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA and libvirt refuses that.
+ * libvirt deletes bitmaps only of a running domain: otherwise the old bitmaps stay (harmless,
+ * `qemu-img bitmap --remove` by hand).
+ */
+export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boolean }): Promise<void> {
   await endOwnJob(hv, j);
   await stopServers(hv, j);
-  if (j.checkpoint?.previous) await deleteCheckpoint(hv, j.domain, j.checkpoint.previous);
+  for (const name of olderCheckpoints(j)) await deleteCheckpoint(hv, j.domain, name, { metadataOnly: !opts.running });
+  if (j.checkpoint) await deleteCheckpoint(hv, j.domain, j.checkpoint.name, { metadataOnly: true });
   for (const o of j.overlays ?? []) await commitFrozenOverlay(hv, j.domain, o);
   await hv.remove(j.dir);
 }
 
-/** Abort: put the domain back as it was before the run. */
+/**
+ * Abort: put the domain back as it was before the run — the new checkpoint deleted with its
+ * bitmap, the previous one's bitmap kept (the next run redefines it) but not its metadata.
+ */
 export async function rollbackRun(hv: Hypervisor, j: Journal, opts: { running: boolean }): Promise<void> {
   await endOwnJob(hv, j);
   await stopServers(hv, j);
-  if (j.checkpoint) await deleteCheckpoint(hv, j.domain, j.checkpoint.name);
+  if (j.checkpoint) await deleteCheckpoint(hv, j.domain, j.checkpoint.name, { metadataOnly: !opts.running });
+  for (const name of olderCheckpoints(j)) await deleteCheckpoint(hv, j.domain, name, { metadataOnly: true });
   for (const o of j.overlays ?? []) await rollbackOverlay(hv, j.domain, o, opts.running);
   await hv.remove(j.dir);
 }

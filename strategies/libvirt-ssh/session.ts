@@ -2,15 +2,18 @@
  * One backup of one libvirt domain over SSH (the BackupSession of src/strategy/contract.ts):
  *
  *   open      SSH connection (shared per hypervisor), live + inactive domain XML
- *   plan      finish or undo what killed runs left (journal), disk sizes, lost checkpoints
- *             redefined, per disk: mode (checkpoint | snapshot) and level with the reason
+ *   plan      finish or undo what killed runs left (journal), disk sizes, the previous
+ *             checkpoint redefined from its anchor (only its bitmap is kept between backups),
+ *             per disk: mode (checkpoint | snapshot) and level with the reason
  *   snapshot  hooks, guest freeze, ONE point in time for every disk: the pull backup job
  *             (which also creates the new checkpoint) and/or external overlays; with both
  *             kinds and `atomic`, the domain is paused for the two calls
  *   read      NBD through the SSH connection (unix-socket forwarding) or direct TCP (netcat):
  *             the job's export per disk, or qemu-nbd on the frozen image
- *   commit    end the job, drop the previous checkpoint, merge the frozen overlay
- *   abort     end the job, drop the new checkpoint, pivot back from the new overlays
+ *   commit    end the job, drop the previous checkpoint, the new one's metadata (its bitmap
+ *             stays), merge the frozen overlay
+ *   abort     end the job, drop the new checkpoint, the previous one's metadata, pivot back
+ *             from the new overlays
  *
  * Everything the run creates on the hypervisor is written to its journal first (journal.ts).
  */
@@ -139,10 +142,15 @@ export class LibvirtSshSession implements BackupSession {
       const anchor = asAnchor(prev?.sourceAnchor);
       let redefineFailure: string | undefined;
       if (running && chosen.mode === 'checkpoint' && anchor?.mode === 'checkpoint' && anchor.domainUuid === this.domain.uuid && !checkpoints.includes(anchor.checkpoint)) {
-        // libvirt lost it (domain undefined and defined again): the bitmap may still be in the qcow2.
+        // The normal case: the previous run left the bitmap in the qcow2 but removed the
+        // checkpoint's libvirt metadata (Nova cannot undefine a domain with checkpoints);
+        // libvirt needs it back to read the bitmap and to parent the new checkpoint.
+        // Journaled first, so that a killed run does not leave the metadata behind.
+        this.journal.redefined = [...(this.journal.redefined ?? []), anchor.checkpoint];
+        await writeJournal(hv, this.journal);
         redefineFailure = await redefineCheckpoint(hv, domainName, anchor.checkpointXml, `${this.runDir}/redefine.xml`);
         if (redefineFailure === undefined) {
-          this.ctx.log.info(`${domainName}: checkpoint ${anchor.checkpoint} was lost by libvirt and redefined from the repository`);
+          this.ctx.log.debug(`${domainName}: checkpoint ${anchor.checkpoint} redefined from the repository`);
           checkpoints = await hv.checkpointNames(domainName);
         }
       }
