@@ -142,8 +142,8 @@ try {
     results.full.push(full);
     stored.full = full.storedBytes;
     if (!baselineFirst) fullBaseline();
-    rbd('snap', 'rm', '--no-progress', `${pool}/${src}@bench-s1`);
-    const s1 = `vprotect-${full.pointId}`;
+    // bench-s1 stays as the baseline's base: vprotect's own snapshot of the full is rotated away
+    // by the incremental (same content: nothing was written between the two).
 
     // ---- 256 MiB of 1 MiB writes, scattered (qemu-io on rbd:)
     const cmds = [];
@@ -153,7 +153,7 @@ try {
     rbd('snap', 'create', `${pool}/${src}@bench-s2`);
     const diffFile = join(work, 'inc.diff');
     const incBaseline = () => {
-      results.incBase.push(timedRbd('export-diff', '--no-progress', '--from-snap', s1, `${pool}/${src}@bench-s2`, diffFile));
+      results.incBase.push(timedRbd('export-diff', '--no-progress', '--from-snap', 'bench-s1', `${pool}/${src}@bench-s2`, diffFile));
       stored.incDiffFile = statSync(diffFile).size;
       rmSync(diffFile);
     };
@@ -164,6 +164,7 @@ try {
     if (!baselineFirst) incBaseline();
     stored.inc = inc.storedBytes;
     rbd('snap', 'rm', '--no-progress', `${pool}/${src}@bench-s2`);
+    rbd('snap', 'rm', '--no-progress', `${pool}/${src}@bench-s1`);
 
     // ---- restore: vprotect (one import-diff stream) vs stock import + snap create + import-diff
     const mine = `vpb-restore-${tag}-${run}`;
