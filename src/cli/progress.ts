@@ -5,6 +5,7 @@
  * ends it; any event with a `message` string is logged.
  */
 import type { EventSink, Logger, ProgressEvent } from '../log.js';
+import { bytes } from './format.js';
 
 export interface ProgressRenderer {
   sink: EventSink;
@@ -39,7 +40,7 @@ export async function createProgressRenderer(opts: { tty: boolean; log: () => Lo
       if (e.type === 'progress' && typeof e['id'] === 'string') {
         const total = Number(e['total'] ?? 0);
         const done = Number(e['done'] ?? 0);
-        const payload = { label: String(e['label'] ?? e['id']), doneHuman: humanBytes(done), totalHuman: humanBytes(total) };
+        const payload = { label: String(e['label'] ?? e['id']), doneHuman: bytes(done), totalHuman: bytes(total) };
         let bar = bars.get(e['id']);
         if (!bar) {
           bar = multi.create(total, done, payload);
@@ -73,15 +74,4 @@ function logEvent(log: Logger, e: ProgressEvent): void {
   if (typeof e['message'] !== 'string') return;
   const level = e['level'] === 'warn' ? 'warn' : e['level'] === 'error' ? 'error' : e['level'] === 'debug' ? 'debug' : 'info';
   log[level](e['message']);
-}
-
-export function humanBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = n;
-  let u = 0;
-  while (Math.abs(v) >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${v} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${units[u]}`;
 }

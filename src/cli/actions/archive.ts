@@ -6,7 +6,8 @@ import { UsageError } from '../../errors.js';
 import { exportPoint as exportToStream, importArchive } from '../../repository/archive.js';
 import { dataStdout } from '../data-stdout.js';
 import type { Action } from '../main.js';
-import { bytes, openRepo } from './repository-common.js';
+import { bytes } from '../format.js';
+import { openRepo } from './repository-common.js';
 
 export const exportPoint: Action = async (ctx, args, opts) => {
   const output = opts['output'] as string | undefined;

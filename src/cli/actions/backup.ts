@@ -13,7 +13,8 @@ import { SshPool } from '../../transport/ssh.js';
 import { loadStrategy } from '../../../strategies/index.js';
 import type { CliContext } from '../context.js';
 import type { Action } from '../main.js';
-import { bytes, openRepo } from './repository-common.js';
+import { bytes } from '../format.js';
+import { openRepo } from './repository-common.js';
 
 export const backup: Action = async (ctx, _args, opts) => {
   const inv = await ctx.loadInventory();

@@ -1,7 +1,8 @@
 /** `vprotect list` and `vprotect show`: what the repository holds. */
 import type { ChainInfo, PointInfo, Repository } from '../../repository/repository.js';
 import type { Action } from '../main.js';
-import { age, bytes, openRepo, selectVms } from './repository-common.js';
+import { age, bytes } from '../format.js';
+import { openRepo, selectVms } from './repository-common.js';
 
 export interface PointSummary {
   pointId: string;

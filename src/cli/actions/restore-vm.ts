@@ -5,7 +5,8 @@
  */
 import { UsageError } from '../../errors.js';
 import type { Action } from '../main.js';
-import { bytes, openRepo } from './repository-common.js';
+import { bytes } from '../format.js';
+import { openRepo } from './repository-common.js';
 
 export const restoreVm: Action = async (ctx, _args, opts) => {
   const inv = await ctx.loadInventory();

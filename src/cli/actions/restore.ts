@@ -8,7 +8,8 @@ import { FileTarget, StreamTarget, type RestoreTarget } from '../../repository/r
 import type { CliContext } from '../context.js';
 import { dataStdout } from '../data-stdout.js';
 import type { Action } from '../main.js';
-import { bytes, openRepo } from './repository-common.js';
+import { bytes } from '../format.js';
+import { openRepo } from './repository-common.js';
 import { rbdRestoreTarget } from './restore-rbd.js';
 
 interface TargetEntry {
