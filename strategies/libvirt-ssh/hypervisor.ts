@@ -140,8 +140,10 @@ export class Hypervisor {
     }
     // domjobabort returns before libvirt has torn the job down (NBD server, scratch files); the
     // next libvirt call on the domain (checkpoint-delete, blockcommit) needs it gone.
+    // Under load domjobinfo was seen still reporting the Backup job after backup-dumpxml had none:
+    // wait for both.
     for (let i = 0; i < 100; i++) {
-      if ((await this.backupJobXml(domain)) === undefined) return;
+      if ((await this.backupJobXml(domain)) === undefined && (await this.activeJob(domain).catch(() => undefined)) !== 'Backup') return;
       await new Promise((r) => setTimeout(r, 200));
     }
     throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort`);

@@ -5,7 +5,7 @@
  * stored bytes of incrementals asserted.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDomain, destroyDomain, diskDigest, guestWrites, harness, scatteredWrites, hypervisorState, KiB, labEnv, MiB, type LabEnv } from './fixture.js';
+import { createDomain, destroyDomain, diskDigest, expectOnlyNewestBitmap, guestWrites, harness, scatteredWrites, hypervisorState, KiB, labEnv, MiB, type LabEnv } from './fixture.js';
 
 let env: LabEnv;
 const domains: string[] = [];
@@ -37,6 +37,7 @@ describe('a domain with a qcow2 disk on a raw base (checkpoint) and a raw disk (
     const ref0 = { vda: diskDigest(env, name, 'vda'), vdb: diskDigest(env, name, 'vdb') };
     expect(await h.restoredDigest(full.pointId, 'vda')).toBe(ref0.vda);
     expect(await h.restoredDigest(full.pointId, 'vdb')).toBe(ref0.vdb);
+    await expectOnlyNewestBitmap(h, name, 'after the full');
     // Holes stay holes: only the pattern's data travelled (boot sector, 4 MiB random, 1 MiB Z, 1 MiB in the overlay).
     expect(full.disks.find((d) => d.key === 'vda')!.dataBytes).toBeLessThan(7 * MiB);
 
@@ -55,6 +56,7 @@ describe('a domain with a qcow2 disk on a raw base (checkpoint) and a raw disk (
     expect(await h.restoredDigest(inc1.pointId, 'vda')).toBe(ref1.vda);
     expect(await h.restoredDigest(inc1.pointId, 'vdb')).toBe(ref1.vdb);
     expect(ref1.vda).not.toBe(ref0.vda);
+    await expectOnlyNewestBitmap(h, name, 'after inc1');
 
     guestWrites(name, 0, scatteredWrites(8, 64 * KiB, 3, 8 * MiB, 60 * MiB));
     guestWrites(name, 1, [`write -P 0x55 ${10 * MiB} ${256 * KiB}`]);
@@ -67,10 +69,12 @@ describe('a domain with a qcow2 disk on a raw base (checkpoint) and a raw disk (
     // Older points still restore as they were.
     expect(await h.restoredDigest(inc1.pointId, 'vdb')).toBe(ref1.vdb);
 
-    // Left on the hypervisor between backups: one checkpoint, one overlay for vdb, no job, no run dir.
+    // Left on the hypervisor between backups: vda's newest bitmap but no checkpoint metadata
+    // (Nova must be able to undefine the domain), one overlay for vdb, no job, no run dir.
+    await expectOnlyNewestBitmap(h, name, 'after inc2');
     const state = hypervisorState(env, name);
     expect(state.job).toBe(false);
-    expect(state.checkpoints).toHaveLength(1);
+    expect(state.checkpoints).toEqual([]);
     expect(state.runDirs).toEqual([]);
     expect(state.files.filter((f) => f.includes('.vprotect-run-'))).toHaveLength(1);
   }, 300_000);

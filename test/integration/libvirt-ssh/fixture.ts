@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { expect } from 'vitest';
 import { backupVm, type BackupVmResult } from '../../../src/engine/backup-vm.js';
 import type { BackupLevel, HypervisorConfig, Inventory, PolicyConfig } from '../../../src/inventory/types.js';
 import { silentLogger, type Logger } from '../../../src/log.js';
@@ -247,4 +248,27 @@ export function hypervisorState(env: LabEnv, domain: string): { job: boolean; ch
   const runDirs = sh('sh', ['-c', 'cd "$1" 2>/dev/null || exit 0; for d in run-*; do [ -d "$d" ] && grep -qsF "\"domain\": \"$2\"" "$d/journal.json" && echo "$d"; done; true', 'sh', env.workDir, domain]).split('\n').filter(Boolean);
   const files = sh('sh', ['-c', 'ls "$1" | grep -F "$2." || true', 'sh', env.vms, domain]).split('\n').filter(Boolean);
   return { job, checkpoints, runDirs, files };
+}
+
+/** The dirty bitmaps qemu holds for an image file of a running domain (persistent ones are written to the qcow2 on close). */
+export function liveBitmaps(domain: string, file: string): string[] {
+  const nodes = JSON.parse(virsh('qemu-monitor-command', domain, JSON.stringify({ execute: 'query-named-block-nodes', arguments: { flat: true } }))).return as { file: string; drv: string; 'dirty-bitmaps'?: { name: string }[] }[];
+  const names = nodes.filter((n) => n.file === file && n.drv === 'qcow2').flatMap((n) => (n['dirty-bitmaps'] ?? []).map((b) => b.name));
+  return [...new Set(names)].sort();
+}
+
+/**
+ * What checkpoint mode must leave between backups: NO libvirt checkpoint metadata (Nova
+ * undefines domains without VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA, which libvirt refuses
+ * while a checkpoint is defined), and in each checkpoint-mode disk exactly one bitmap: the
+ * checkpoint of the repository's last complete point.
+ */
+export async function expectOnlyNewestBitmap(h: Harness, domain: string, what = ''): Promise<void> {
+  expect((tryVirsh('checkpoint-list', domain, '--name') ?? '').trim(), `no checkpoint metadata ${what}`).toBe('');
+  const last = await h.repo.lastCompletePoint(domain);
+  for (const d of last?.manifest.disks ?? []) {
+    const a = d.sourceAnchor as { mode?: string; checkpoint?: string } | null;
+    if (a?.mode !== 'checkpoint') continue;
+    expect(liveBitmaps(domain, activeFile(domain, d.key)), `${domain} ${d.key}: only the newest point's bitmap ${what}`).toEqual([a.checkpoint]);
+  }
 }
