@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { DataCorruptError, DestinationError, UsageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { fsyncDir, PARTIAL_SUFFIX, writeFileDurable } from './durable.js';
-import { isPointId, newPointId, SAFE_NAME_RE } from './ids.js';
+import { isPointId, newPointId, pointIdTime, SAFE_NAME_RE } from './ids.js';
 import { layout, MANIFEST, REPO_FILE } from './layout.js';
 import { acquireLock, localLockEnv, type LockEnv, type VmLock } from './lock.js';
 import { DEFAULT_BLOCK_SIZE, FORMAT_VERSION, parseManifest, parseMergeJournal, parseRepoConfig, toJson, type MergeJournal, type PointManifest, type RepoConfig } from './manifest.js';
@@ -176,7 +176,10 @@ export class Repository {
       if (await exists(journal)) merge = parseMergeJournal(await readFile(journal, 'utf8'), journal);
       chains.push({ vmId, chainId, dir, ...orderChain(found), incomplete, damaged, ...(merge ? { merge } : {}) });
     }
-    return chains;
+    // Oldest first. Ids have one-second resolution (two chains of the same second sort by their
+    // random suffix), so order by when the full point started, to the millisecond.
+    const started = (c: ChainInfo) => c.points[0]?.manifest.startedAt ?? pointIdTime(c.chainId)?.toISOString() ?? '';
+    return chains.sort((a, b) => started(a).localeCompare(started(b)) || a.chainId.localeCompare(b.chainId));
   }
 
   /** A point by id, searched in one VM or in all. */
