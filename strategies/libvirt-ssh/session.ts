@@ -72,7 +72,6 @@ export class LibvirtSshSession implements BackupSession {
   private disks: DiskState[] = [];
   private skipped: SkippedDisk[] = [];
   private snapshotTaken = false;
-  private jobStarted = false;
   private frozen = false;
   private suspended = false;
   private newCheckpointXml: string | undefined;
@@ -273,7 +272,6 @@ export class LibvirtSshSession implements BackupSession {
       }
       if (jobFiles) {
         await hv.virsh(['backup-begin', domainName, jobFiles.job, jobFiles.checkpoint]);
-        this.jobStarted = true;
       }
       this.snapshotTaken = true;
     } finally {

@@ -104,7 +104,6 @@ export class NbdConnection {
   private nextCookie = 1;
   private dead: Error | undefined;
   private closing: Promise<void> | undefined;
-  private closedByPeer = false;
   private onDrained: (() => void) | undefined;
   private bytesOutstanding = 0;
 
@@ -524,7 +523,6 @@ export class NbdConnection {
       this.stop();
       return;
     }
-    this.closedByPeer = true;
     const mid = this.state !== 'header' || this.headerFill > 0;
     if (err) {
       this.fail(err);

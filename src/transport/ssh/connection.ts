@@ -95,7 +95,7 @@ export class SshConnection {
     readonly target: SshTarget,
     /** Algorithms agreed in the handshake (cipher, kex, host key type). */
     readonly negotiated: { cipher: string; kex: string; serverHostKey: string },
-    private readonly options: SshConnectOptions,
+    options: SshConnectOptions,
   ) {
     this.sessions = new Semaphore(options.maxSessions ?? 8);
     client.on('error', (err: Error & { level?: string }) => {
