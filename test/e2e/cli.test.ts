@@ -143,12 +143,15 @@ describe('vprotect binary', () => {
   });
 
   it('starts fast: --help loads no heavy module', async () => {
-    const t0 = Date.now();
-    const r = await runCli(['--help']);
-    expect(r.code).toBe(0);
-    // Not a timing assertion: the proof is which modules load; see the next check.
-    const probe = await runCli(['--help'], { env: { NODE_DEBUG: 'module' } });
-    expect(probe.stderr).not.toMatch(/node_modules\/(ajv|ssh2|got|yaml|tar-stream|execa)\//);
-    expect(Date.now() - t0).toBeGreaterThan(0);
+    // NODE_DEBUG=module lists the CommonJS modules Node loads (ESM-only packages do not show,
+    // so only CommonJS ones are checked). The positive controls prove the probe sees them.
+    const loaded = async (args: string[]) => (await runCli(args, { env: { NODE_DEBUG: 'module' } })).stderr;
+    const help = await loaded(['--help']);
+    expect(help).toMatch(/node_modules\/commander\//);
+    expect(help).not.toMatch(/node_modules\/(ajv|yaml|ssh2|tar-stream|cli-progress)\//);
+    const validate = await loaded(['-c', join(examples, 'minimal.yaml'), 'inventory', 'validate', '--offline']);
+    expect(validate).toMatch(/node_modules\/ajv\//);
+    expect(validate).toMatch(/node_modules\/yaml\//);
+    expect(validate).not.toMatch(/node_modules\/(ssh2|tar-stream)\//);
   });
 });
