@@ -33,7 +33,16 @@ export interface PolicyTargets {
 export async function policyTargets(
   inventory: Inventory,
   policy: PolicyConfig,
-  opts: { vms: string[] | undefined; env: Environment; cwd: string; log: Logger; signal: AbortSignal; probe: HypervisorProbe },
+  opts: {
+    vms: string[] | undefined;
+    env: Environment;
+    cwd: string;
+    log: Logger;
+    signal: AbortSignal;
+    probe: HypervisorProbe;
+    /** The policy's strategy finds a VM's disks itself (Strategy.discoversDisks). */
+    discoversDisks: boolean;
+  },
 ): Promise<PolicyTargets> {
   const cloudName = policy.cloud ?? onlyCloud(inventory);
   const cfg = inventory.clouds[cloudName];
@@ -57,7 +66,7 @@ export async function policyTargets(
     return {
       targets: selected.map((vm) => ({
         target: toTarget(vm, inventory),
-        ...refusalFor(vm, policy),
+        ...(opts.discoversDisks ? {} : refusalFor(vm)),
         captureMetadata: async () => {
           const captured = await captureMetadata(cloud, vm.id, { disks: vm.disks });
           const files: MetadataFile[] = Object.entries(captured.files).map(([name, doc]) => ({ name, content: `${JSON.stringify(doc, null, 2)}\n` }));
@@ -104,12 +113,11 @@ function toTargetDisk(d: DiskRecord): TargetDisk | undefined {
 }
 
 /**
- * A disk whose backend sync could not tell cannot be read by ceph-rbd or cinder-attach; leaving
- * it out would report a VM as backed up without one of its disks. libvirt-ssh reads the
- * domain's own XML, so it finds the disk anyway.
+ * A disk whose backend sync could not tell cannot be read by a strategy that relies on the
+ * cloud's disk list; leaving it out would report a VM as backed up without one of its disks.
+ * (A strategy that discovers disks itself, like libvirt-ssh from the domain XML, is not asked.)
  */
-function refusalFor(vm: VmRecord, policy: PolicyConfig): { refusal?: UsageError } {
-  if (policy.strategy === 'libvirt-ssh') return {};
+function refusalFor(vm: VmRecord): { refusal?: UsageError } {
   const unknown = vm.disks.filter((d) => d.backup && d.backend.kind === 'unknown');
   if (!unknown.length) return {};
   const why = unknown.map((d) => `${d.key}: ${d.backend.kind === 'unknown' ? d.backend.reason : ''}`).join('; ');

@@ -36,6 +36,8 @@ export interface DestinationDeps {
   run?: (argv: readonly string[], opts?: CommandOptions) => Promise<CommandResult>;
   log?: Logger;
   signal?: AbortSignal;
+  /** Check only: an NFS export that would be mounted is reported, not mounted. */
+  dryRun?: boolean;
 }
 
 export interface SelectedDestination {
@@ -94,8 +96,12 @@ export async function prepareDestination(dest: SelectedDestination, deps: Destin
         hint: `mount it (mount -t nfs${config.mountOptions ? ` -o ${config.mountOptions}` : ''} ${wanted} ${mountPoint}) or set allowMount: true in the inventory`,
       });
     }
-    await mkdir(mountPoint, { recursive: true });
     const argv = ['mount', '-t', 'nfs', ...(config.mountOptions ? ['-o', config.mountOptions] : []), wanted, mountPoint];
+    if (deps.dryRun) {
+      log.info(`would mount ${wanted} on ${mountPoint}: ${argv.join(' ')}`);
+      return mountPoint;
+    }
+    await mkdir(mountPoint, { recursive: true });
     log.info(`mounting ${wanted} on ${mountPoint}`);
     try {
       await (deps.run ?? runCommand)(argv, { timeoutMs: 120_000, signal: deps.signal, log });

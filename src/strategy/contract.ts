@@ -122,6 +122,11 @@ export interface Leftover {
 
 export interface Strategy {
   name: StrategyName;
+  /**
+   * The strategy finds a VM's disks on its own (libvirt-ssh reads the domain XML), so a disk
+   * whose storage the cloud's view could not tell does not stop the backup.
+   */
+  discoversDisks?: boolean;
   open(target: BackupTarget, ctx: StrategyContext): Promise<BackupSession>;
   /**
    * Finds what killed runs left on the sources this inventory reaches. `known` (from the

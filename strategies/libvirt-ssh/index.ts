@@ -9,6 +9,8 @@ import { openSession } from './session.js';
 
 const strategy: Strategy = {
   name: 'libvirt-ssh',
+  // Disks come from the domain XML, not from the cloud's view.
+  discoversDisks: true,
   open: openSession,
   leftovers: findLeftovers,
 };

@@ -142,6 +142,37 @@ describe('vprotect binary', () => {
     expect(human.stdout).not.toMatch(/s3cr3t/);
   });
 
+  it('backup --dry-run checks the destination but creates, mounts and locks nothing', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vprotect-e2e-'));
+    const file = join(dir, 'inv.yaml');
+    writeFileSync(join(dir, 'key'), 'x');
+    const fresh = join(dir, 'not-yet', 'repo');
+    const mountPoint = join(dir, 'nfs-mnt');
+    writeFileSync(
+      file,
+      [
+        'version: 1',
+        'hypervisors:',
+        '  - {name: h, address: 127.0.0.1, keyFile: ./key, hostKey: {fingerprint: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"}}',
+        'destinations:',
+        `  here: {type: local, path: ${fresh}}`,
+        `  nas: {type: nfs, server: 192.0.2.1, export: /backup, mountPoint: ${mountPoint}, allowMount: true}`,
+        '',
+      ].join('\n'),
+    );
+    const local = await runCli(['--json', '--dry-run', '-c', file, 'backup', '--domain', 'dom1', '-d', 'here']);
+    expect(local.code, local.stderr).toBe(0);
+    expect(expectOnlyJson(local.stdout)[0]).toMatchObject({ dryRun: true, destination: fresh, repositoryExists: false, vms: [{ vmName: 'dom1', strategy: 'libvirt-ssh' }] });
+    expect(readdirSync(dir).sort()).toEqual(['inv.yaml', 'key']);
+
+    const human = await runCli(['--dry-run', '-c', file, 'backup', '--domain', 'dom1', '-d', 'nas']);
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toContain(`would create a repository in ${mountPoint}`);
+    expect(human.stdout).toContain(`would back up dom1 (libvirt-ssh, auto) to ${mountPoint}`);
+    expect(human.stderr).toContain(`would mount 192.0.2.1:/backup on ${mountPoint}`);
+    expect(readdirSync(dir).sort()).toEqual(['inv.yaml', 'key']);
+  });
+
   it('starts fast: --help loads no heavy module', async () => {
     // NODE_DEBUG=module lists the CommonJS modules Node loads (ESM-only packages do not show,
     // so only CommonJS ones are checked). The positive controls prove the probe sees them.

@@ -4,7 +4,9 @@
  */
 import { UsageError } from '../../errors.js';
 import type { BackupLevel, Inventory, PolicyConfig, StrategyName } from '../../inventory/types.js';
-import type { Repository } from '../../repository/repository.js';
+import { openRepository, type Repository } from '../../repository/repository.js';
+import { layout } from '../../repository/layout.js';
+import { access } from 'node:fs/promises';
 import type { BackupTarget } from '../../strategy/contract.js';
 import { policyTargets, type PolicyTargets } from '../../engine/cloud-targets.js';
 import { runBackups, type RunItem, type RunReport } from '../../engine/run.js';
@@ -14,7 +16,7 @@ import { loadStrategy } from '../../../strategies/index.js';
 import type { CliContext } from '../context.js';
 import type { Action } from '../main.js';
 import { bytes } from '../format.js';
-import { openRepo } from './repository-common.js';
+import { destinationRoot, processLockEnv } from './repository-common.js';
 
 export const backup: Action = async (ctx, _args, opts) => {
   const inv = await ctx.loadInventory();
@@ -25,32 +27,39 @@ export const backup: Action = async (ctx, _args, opts) => {
     throw new UsageError('say what to back up', { hint: 'use --policy NAME [--vm ...] for cloud instances, or --domain NAME (libvirt-ssh) / --rbd POOL/IMAGE (ceph-rbd)' });
   }
   const destination = (opts['destination'] as string | undefined) ?? policy?.destination;
-  const repo: Repository = await openRepo(ctx, { destination }, { create: !ctx.dryRun });
+  // A dry run checks the destination but creates, mounts and locks nothing.
+  const root = await destinationRoot(ctx, { destination }, { dryRun: ctx.dryRun });
+  const repo: Repository | undefined = ctx.dryRun ? undefined : await openRepository(root, { create: true, log: ctx.log, lockEnv: processLockEnv() });
 
   const pool = new SshPool({ env: ctx.env, log: ctx.log, signal: ctx.signal, connectTimeoutMs: 15_000 });
   let cloudTargets: PolicyTargets | undefined;
   try {
-    const items: RunItem[] = [];
+    const planned: Omit<RunItem, 'repo'>[] = [];
     const optionsFor = (strategy: StrategyName) => (policy?.strategy === strategy ? (policy.strategyOptions ?? {}) : {});
     for (const { target, strategy } of explicit) {
-      items.push({ target, strategy: await loadStrategy(strategy), repo, policy, options: optionsFor(strategy) });
+      planned.push({ target, strategy: await loadStrategy(strategy), policy, options: optionsFor(strategy) });
     }
     if (policy && explicit.length === 0) {
       const probe = commandProbe((hv, argv) => pool.withHost(hv, (c) => c.exec(argv, { timeoutMs: 30_000, signal: ctx.signal }), ctx.signal));
-      cloudTargets = await policyTargets(inv, policy, { vms: opts['vm'] as string[] | undefined, env: ctx.env, cwd: process.cwd(), log: ctx.log, signal: ctx.signal, probe });
+      const strategy = await loadStrategy(policy.strategy);
+      cloudTargets = await policyTargets(inv, policy, { vms: opts['vm'] as string[] | undefined, env: ctx.env, cwd: process.cwd(), log: ctx.log, signal: ctx.signal, probe, discoversDisks: strategy.discoversDisks === true });
       for (const w of cloudTargets.warnings) ctx.log.warn(w);
       if (cloudTargets.targets.length === 0) ctx.log.warn(`policy ${policy.name} selects no instance (see \`vprotect sync\`)`);
-      const strategy = await loadStrategy(policy.strategy);
       for (const t of cloudTargets.targets) {
-        items.push({ target: t.target, strategy, repo, policy, options: optionsFor(policy.strategy), captureMetadata: t.captureMetadata, ...(t.refusal ? { refusal: t.refusal } : {}) });
+        planned.push({ target: t.target, strategy, policy, options: optionsFor(policy.strategy), captureMetadata: t.captureMetadata, ...(t.refusal ? { refusal: t.refusal } : {}) });
       }
     }
-    if (ctx.dryRun) {
-      ctx.out.result({ dryRun: true, destination: repo.root, level, vms: items.map((i) => ({ vmId: i.target.vmId, vmName: i.target.vmName, strategy: i.strategy.name, ...(i.refusal ? { refused: i.refusal.message } : {}) })) }, (d) =>
-        d.vms.map((v) => (v.refused ? `would skip ${v.vmName}: ${v.refused}` : `would back up ${v.vmName} (${v.strategy}, ${level}) to ${d.destination}`)).join('\n') || 'nothing to back up',
+    if (!repo) {
+      const exists = await access(layout.repoFile(root)).then(() => true, () => false);
+      ctx.out.result({ dryRun: true, destination: root, repositoryExists: exists, level, vms: planned.map((i) => ({ vmId: i.target.vmId, vmName: i.target.vmName, strategy: i.strategy.name, ...(i.refusal ? { refused: i.refusal.message } : {}) })) }, (d) =>
+        [
+          ...(d.repositoryExists ? [] : [`would create a repository in ${d.destination}`]),
+          ...d.vms.map((v) => (v.refused ? `would skip ${v.vmName}: ${v.refused}` : `would back up ${v.vmName} (${v.strategy}, ${level}) to ${d.destination}`)),
+        ].join('\n') || 'nothing to back up',
       );
       return;
     }
+    const items: RunItem[] = planned.map((p) => ({ ...p, repo }));
     const report = await runBackups(items, { level, command: commandLine(opts), base: { log: ctx.log, events: ctx.events, signal: ctx.signal, dryRun: false, inventory: inv, env: ctx.env } });
     printSummary(ctx, report);
   } finally {

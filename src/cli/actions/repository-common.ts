@@ -24,12 +24,20 @@ export function processLockEnv(): LockEnv {
 }
 
 export async function openRepo(ctx: CliContext, opts: Record<string, unknown>, o: { create?: boolean } = {}): Promise<Repository> {
+  const root = await destinationRoot(ctx, opts);
+  return openRepository(root, { create: o.create === true, log: ctx.log, lockEnv: processLockEnv() });
+}
+
+/**
+ * The repository directory that `-d` (or the inventory's only destination) names, made usable
+ * (an NFS export mounted when allowed) — or, with `dryRun`, only checked: nothing is mounted.
+ */
+export async function destinationRoot(ctx: CliContext, opts: Record<string, unknown>, o: { dryRun?: boolean } = {}): Promise<string> {
   const arg = opts['destination'] as string | undefined;
   let inv: Inventory | undefined;
   if (arg === undefined || !looksLikePath(arg)) inv = await ctx.loadInventory({ offline: true });
   const dest = selectDestination(inv, arg, process.cwd());
-  const root = await prepareDestination(dest, { log: ctx.log, signal: ctx.signal });
-  return openRepository(root, { create: o.create === true, log: ctx.log, lockEnv: processLockEnv() });
+  return prepareDestination(dest, { log: ctx.log, signal: ctx.signal, dryRun: o.dryRun === true });
 }
 
 /** VM ids matching --vm (id or last known name); all when not given. */
