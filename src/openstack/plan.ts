@@ -103,6 +103,26 @@ export type RestoreStep =
       securityGroups: string[];
     };
 
+/** What the caller knows beyond the metadata: the point's disks (restore --to-cloud passes them). */
+export interface PlanContext {
+  /** Bytes of each disk the point holds, by the plan's disk key ("root", "volume-<id>"). */
+  diskBytes?: Record<string, number> | undefined;
+}
+
+const GiB = 1024 ** 3;
+
+/**
+ * Image properties that must not travel to the uploaded root image: Glance reserves os_glance_*;
+ * the owner_specified hashes and img_signature_* describe the original image's bytes, not ours
+ * (a signature check would refuse the boot); the block-device properties of a volume-backed
+ * server's snapshot would make Nova boot from the original's snapshot instead of this image.
+ */
+const FOREIGN_IMAGE_PROPERTY = /^(os_glance|owner_specified\.|img_signature|block_device_mapping$|bdm_v2$|root_device_name$|mappings$|base_image_ref$|image_location$|image_state$|image_type$|instance_uuid$|user_id$|boot_roles$|owner_id$)/;
+
+export function uploadableImageProperties(props: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(props).filter(([k]) => !FOREIGN_IMAGE_PROPERTY.test(k)));
+}
+
 export interface RestorePlan {
   source: { serverId: string; name: string; projectId: string };
   target: { cloud: string; project: { id: string; name: string | undefined } };
@@ -113,7 +133,7 @@ export interface RestorePlan {
   problems: string[];
 }
 
-export async function planRestore(meta: VmMetadata, cloud: Cloud, mapping: RestoreMapping = {}): Promise<RestorePlan> {
+export async function planRestore(meta: VmMetadata, cloud: Cloud, mapping: RestoreMapping = {}, context: PlanContext = {}): Promise<RestorePlan> {
   const nova = await cloud.nova();
   const s = meta.server;
   const notes: string[] = [];
@@ -144,6 +164,10 @@ export async function planRestore(meta: VmMetadata, cloud: Cloud, mapping: Resto
   }
 
   // Disks: volumes are recreated; a local root disk becomes an image to boot from.
+  const rootBytes = context.diskBytes?.['root'];
+  if (flavor && s.imageId && rootBytes !== undefined && flavor.diskGb > 0 && flavor.diskGb * GiB < rootBytes) {
+    problems.push(`flavor ${flavor.name} has a ${flavor.diskGb} GB root disk, smaller than the restored root disk (${(rootBytes / GiB).toFixed(2)} GiB); choose a flavor with a root disk of at least ${Math.ceil(rootBytes / GiB)} GB with --flavor`);
+  }
   const types = await (await cloud.cinder()).listVolumeTypes().catch(() => []);
   const disks = meta.disks ?? [];
   const boot: 'volume' | 'image' = s.imageId ? 'image' : 'volume';
@@ -151,11 +175,19 @@ export async function planRestore(meta: VmMetadata, cloud: Cloud, mapping: Resto
     const disk = disks.find((d) => d.volumeId === v.id);
     const type = mapping.volumeType ?? v.volumeType;
     if (type && types.length && !types.some((t) => t.name === type || t.id === type)) problems.push(`volume type ${type} (volume ${v.id}) does not exist in cloud ${cloud.name}; map it with --volume-type`);
-    steps.push({ action: 'create-volume', disk: `volume-${v.id}`, sizeGb: v.sizeGb, volumeType: type, availabilityZone: mapping.availabilityZone ?? v.availabilityZone, bootIndex: disk?.bootIndex, name: v.name ?? `${name}-${v.id.slice(0, 8)}` });
+    // Whole GiB, and never smaller than the data (a volume extended after its metadata was read).
+    const bytes = context.diskBytes?.[`volume-${v.id}`];
+    const sizeGb = Math.max(v.sizeGb, bytes === undefined ? 0 : Math.ceil(bytes / GiB));
+    // Cinder zones are not Nova zones (a lab's "rbd" compute zone has no Cinder zone of that
+    // name): a volume keeps its own zone; --availability-zone places the server.
+    steps.push({ action: 'create-volume', disk: `volume-${v.id}`, sizeGb, volumeType: type, availabilityZone: v.availabilityZone, bootIndex: disk?.bootIndex, name: v.name ?? `${name}-${v.id.slice(0, 8)}` });
+  }
+  if (mapping.availabilityZone && meta.volumes.some((v) => v.availabilityZone && v.availabilityZone !== mapping.availabilityZone)) {
+    notes.push(`the server goes to availability zone ${mapping.availabilityZone}; its volumes keep their Cinder zone (${[...new Set(meta.volumes.map((v) => v.availabilityZone ?? 'default'))].join(', ')})`);
   }
   let imageId: string | undefined;
   if (boot === 'image') {
-    const props = meta.image?.properties ?? {};
+    const props = uploadableImageProperties(meta.image?.properties ?? {});
     steps.push({ action: 'upload-image', disk: 'root', name: `vprotect-restore-${name}`, diskFormat: 'raw', properties: props });
     if (s.imageId) {
       try {
@@ -184,6 +216,18 @@ export async function planRestore(meta: VmMetadata, cloud: Cloud, mapping: Resto
         if (!n) problems.push(`network ${p.networkId} of port ${p.id} does not exist in cloud ${cloud.name}; map it with --network`);
         else networks.push({ networkId: n.id, networkName: n.name, fixedIp: p.fixedIps[0]?.ipAddress });
       }
+    }
+  }
+
+  // The original's fixed IPs are still taken while it exists: ask for new addresses then.
+  if (Array.isArray(networks) && networks.some((n) => n.fixedIp)) {
+    const original = await nova.getServer(s.id).catch((err: unknown) => {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    });
+    if (original) {
+      networks = networks.map((n) => ({ ...n, fixedIp: undefined }));
+      notes.push(`the original server ${s.id} still exists and holds its fixed IPs; the restored server gets new addresses on the same networks`);
     }
   }
 
@@ -229,7 +273,8 @@ export async function planRestore(meta: VmMetadata, cloud: Cloud, mapping: Resto
 /**
  * The ServerSpec for a plan's create-server step, once the earlier steps have run: `volumes`
  * maps each create-volume step's disk key to the new volume id, `imageId` is the uploaded root
- * image (image-booted servers). Volumes keep their boot order; the boot volume is boot index 0.
+ * image (image-booted servers). Volumes keep their boot order; the boot volume is boot index 0;
+ * delete_on_termination is the original's.
  */
 export function serverSpecFor(plan: RestorePlan, made: { volumes: Record<string, string>; imageId?: string | undefined }, meta: VmMetadata): ServerSpec {
   const server = plan.steps.find((s): s is Extract<RestoreStep, { action: 'create-server' }> => s.action === 'create-server');
@@ -238,7 +283,9 @@ export function serverSpecFor(plan: RestorePlan, made: { volumes: Record<string,
   const blockDevices = volumes.map((v) => {
     const id = made.volumes[v.disk];
     if (!id) throw new Error(`no volume was created for disk ${v.disk}`);
-    return { uuid: id, sourceType: 'volume' as const, destinationType: 'volume' as const, bootIndex: server.boot === 'volume' && v.bootIndex === 0 ? 0 : null, deleteOnTermination: false };
+    // As the original: a volume Nova deleted with its server is deleted with the restored one.
+    const original = meta.server.volumesAttached.find((a) => `volume-${a.id}` === v.disk);
+    return { uuid: id, sourceType: 'volume' as const, destinationType: 'volume' as const, bootIndex: server.boot === 'volume' && v.bootIndex === 0 ? 0 : null, deleteOnTermination: original?.deleteOnTermination ?? false };
   });
   if (server.boot === 'image' && !made.imageId) throw new Error('an image-booted server needs the uploaded root image');
   if (server.boot === 'volume' && !blockDevices.some((b) => b.bootIndex === 0) && blockDevices[0]) blockDevices[0].bootIndex = 0;

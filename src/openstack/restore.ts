@@ -50,10 +50,36 @@ export function verifyImageDigests(image: Image, d: Digests, direction: 'upload'
   }
 }
 
-export async function createVolume(cloud: Cloud, spec: VolumeSpec, wait: WaitOptions = {}): Promise<Volume> {
+/**
+ * Told the id of a resource as soon as the cloud has made it, before the wait for its final
+ * state: a caller that must undo a failed run (restore --to-cloud) then knows what to remove
+ * even when the wait fails or is interrupted.
+ */
+export interface CreatedHook {
+  onCreated?: ((id: string) => void) | undefined;
+}
+
+export async function createVolume(cloud: Cloud, spec: VolumeSpec, wait: WaitOptions = {}, hook: CreatedHook = {}): Promise<Volume> {
   const cinder = await cloud.cinder();
   const v = await cinder.createVolume(spec);
+  hook.onCreated?.(v.id);
   return cloud.waitForVolume(v.id, 'available', wait);
+}
+
+/** Marks a volume bootable: Nova refuses to boot from a volume without the flag. */
+export async function setVolumeBootable(cloud: Cloud, id: string, bootable = true): Promise<void> {
+  const cinder = await cloud.cinder();
+  await cinder.api.send('POST', `/volumes/${encodeURIComponent(id)}/action`, { json: { 'os-set_bootable': { bootable } } });
+}
+
+/**
+ * Sets a volume's image metadata (what Cinder copies from Glance when a volume is made from an
+ * image). Nova reads it for a volume-booted server's hardware: hw_disk_bus, hw_scsi_model, ...
+ */
+export async function setVolumeImageMetadata(cloud: Cloud, id: string, metadata: Record<string, string>): Promise<void> {
+  if (!Object.keys(metadata).length) return;
+  const cinder = await cloud.cinder();
+  await cinder.api.send('POST', `/volumes/${encodeURIComponent(id)}/action`, { json: { 'os-set_image_metadata': { metadata } } });
 }
 
 export async function deleteVolume(cloud: Cloud, id: string, wait: WaitOptions = {}): Promise<void> {
@@ -102,8 +128,9 @@ export async function detachVolume(cloud: Cloud, serverId: string, volumeId: str
  * Creates an image and streams `data` into it, hashing on the way; waits for "active" and
  * checks Glance's checksums against ours. A failed or mismatching upload deletes the image.
  */
-export async function uploadImage(cloud: Cloud, spec: ImageSpec, data: Readable, opts: { size?: number } = {}, wait: WaitOptions = {}): Promise<{ image: Image; digests: Digests }> {
+export async function uploadImage(cloud: Cloud, spec: ImageSpec, data: Readable, opts: { size?: number } & CreatedHook = {}, wait: WaitOptions = {}): Promise<{ image: Image; digests: Digests }> {
   const created = await cloud.glance.createImage(spec);
+  opts.onCreated?.(created.id);
   try {
     const h = hashing();
     data.on('error', (err) => h.stream.destroy(err));
@@ -116,6 +143,15 @@ export async function uploadImage(cloud: Cloud, spec: ImageSpec, data: Readable,
   } catch (err) {
     await cloud.glance.deleteImage(created.id).catch(() => undefined);
     throw err;
+  }
+}
+
+/** Deletes an image; one that is already gone counts as deleted. */
+export async function deleteImage(cloud: Cloud, id: string): Promise<void> {
+  try {
+    await cloud.glance.deleteImage(id);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
   }
 }
 
@@ -174,10 +210,22 @@ export async function ensureKeypair(cloud: Cloud, kp: { name: string; publicKey:
   return { keypair: created, created: true };
 }
 
+/** Deletes a keypair (another user's with `userId`, admin); one that is already gone counts as deleted. */
+export async function deleteKeypair(cloud: Cloud, name: string, userId?: string): Promise<void> {
+  const nova = await cloud.nova();
+  const forOther = userId !== undefined && userId !== cloud.session.token.user.id ? userId : undefined;
+  try {
+    await nova.deleteKeypair(name, forOther);
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+}
+
 /** Creates a server and waits for ACTIVE (ERROR ends the wait with Nova's fault message). */
-export async function createServer(cloud: Cloud, spec: ServerSpec, wait: WaitOptions = {}): Promise<Server> {
+export async function createServer(cloud: Cloud, spec: ServerSpec, wait: WaitOptions = {}, hook: CreatedHook = {}): Promise<Server> {
   const nova = await cloud.nova();
   const id = await nova.createServer(spec);
+  hook.onCreated?.(id);
   return cloud.waitForServer(id, 'ACTIVE', { timeoutMs: 600_000, ...wait });
 }
 
