@@ -20,6 +20,7 @@ import type { NbdDialer } from '../nbd/session.js';
 import { describeArgv, shellJoin } from '../quote.js';
 import { Semaphore } from '../semaphore.js';
 import { hostKeyError, type HostKeyPolicy, type HostKeyVerdict } from './host-keys.js';
+import { OpenSshForward, OpenSshSetupError, opensshUnusableReason, type DataChannelMode } from './openssh.js';
 
 const { Client, utils } = ssh2;
 
@@ -48,6 +49,14 @@ export interface SshConnectOptions {
   maxSessions?: number;
   /** Preferred ciphers, first wins (default aes128-gcm@openssh.com, then ssh2's defaults). */
   ciphers?: string[];
+  /**
+   * What carries forwarded unix-socket NBD data (nbdDialer): 'auto' (default) uses the
+   * OpenSSH client binary when the host authenticates by an unencrypted key file, else ssh2;
+   * 'openssh' requires it; 'ssh2' never uses it. See openssh.ts for why.
+   */
+  dataChannel?: DataChannelMode;
+  /** The OpenSSH client for the data channel (default /usr/bin/ssh). */
+  opensshBinary?: string;
   log?: Logger;
   signal?: AbortSignal;
 }
@@ -89,15 +98,23 @@ export class SshConnection {
   private closed = false;
   private lost: Error | undefined;
   private readonly sessions: Semaphore;
+  /** OpenSSH data channels started through this connection, stopped with it. */
+  private readonly forwards = new Set<OpenSshForward>();
+  /** Why forwarded NBD data goes through ssh2 rather than OpenSSH, once decided. */
+  private opensshUnusable: string | undefined;
 
   private constructor(
     private readonly client: InstanceType<typeof Client>,
     readonly target: SshTarget,
     /** Algorithms agreed in the handshake (cipher, kex, host key type). */
     readonly negotiated: { cipher: string; kex: string; serverHostKey: string },
-    options: SshConnectOptions,
+    /** The host key blob that passed the inventory's check (pinned for OpenSSH data channels). */
+    readonly hostKey: Buffer,
+    private readonly options: SshConnectOptions,
   ) {
     this.sessions = new Semaphore(options.maxSessions ?? 8);
+    if ((options.dataChannel ?? 'auto') === 'ssh2') this.opensshUnusable = 'ssh2 was asked for (dataChannel: ssh2)';
+    else this.opensshUnusable = opensshUnusableReason(target, options.opensshBinary);
     client.on('error', (err: Error & { level?: string }) => {
       this.lost ??= new UnavailableError(
         err.level === 'client-timeout'
@@ -135,6 +152,7 @@ export class SshConnection {
     // ssh2 may emit late errors after a failed handshake; without a listener they would crash the process.
     client.on('error', () => {});
     let refused: Exclude<HostKeyVerdict, { ok: true }> | undefined;
+    let acceptedHostKey: Buffer | undefined;
     const authTried: string[] = [];
     const methods: AnyAuthMethod[] = [];
     if (privateKey) methods.push({ type: 'publickey', username: target.username, key: privateKey, ...(target.passphrase ? { passphrase: target.passphrase } : {}) });
@@ -155,6 +173,7 @@ export class SshConnection {
       hostVerifier: (key: Buffer) => {
         const verdict = target.hostKey.check(key);
         if (!verdict.ok) refused = verdict;
+        else acceptedHostKey = Buffer.from(key);
         return verdict.ok;
       },
       authHandler: (_left, _partial, callback) => {
@@ -210,7 +229,16 @@ export class SshConnection {
       }
     });
     options.log?.debug('ssh connected', { host: target.name, ms: Date.now() - started, ...negotiated });
-    return new SshConnection(client, target, negotiated, options);
+    if (!acceptedHostKey) {
+      client.end();
+      throw new UnavailableError(`${where}: the SSH handshake finished without a checked host key`);
+    }
+    const conn = new SshConnection(client, target, negotiated, acceptedHostKey, options);
+    if (options.dataChannel === 'openssh' && conn.opensshUnusable) {
+      await conn.close();
+      throw new ConfigError(`${where}: the OpenSSH data channel was required but cannot be used: ${conn.opensshUnusable}`);
+    }
+    return conn;
   }
 
   /**
@@ -278,20 +306,71 @@ export class SshConnection {
   }
 
   /**
-   * An NBD dialer through this connection: each call opens one more forwarded channel, handed
-   * straight to the NBD client (no local socket hop).
+   * An NBD dialer through this connection: each call opens one more forwarded channel. A unix
+   * socket goes through one OpenSSH process per dialer when the connection allows it (see
+   * dataChannel; ~3× the throughput of ssh2 here), else through an ssh2 channel handed straight
+   * to the NBD client; TCP always goes through ssh2.
    */
   nbdDialer(remote: { path: string } | { host: string; port: number }): NbdDialer {
+    if (!('path' in remote)) {
+      return async () => channelFromStream(await this.forwardTcp(remote.host, remote.port), `ssh ${this.target.name} → tcp:${remote.host}:${remote.port}`);
+    }
+    const viaSsh2 = async () => channelFromStream(await this.forwardUnixSocket(remote.path), `ssh ${this.target.name} → unix:${remote.path}`);
+    let forward: OpenSshForward | undefined;
     return async (): Promise<ByteChannel> => {
-      if ('path' in remote) return channelFromStream(await this.forwardUnixSocket(remote.path), `ssh ${this.target.name} → unix:${remote.path}`);
-      return channelFromStream(await this.forwardTcp(remote.host, remote.port), `ssh ${this.target.name} → tcp:${remote.host}:${remote.port}`);
+      if (this.lost) throw this.lost;
+      if (this.opensshUnusable) return viaSsh2();
+      forward ??= this.newForward(remote.path);
+      try {
+        return await forward.dial();
+      } catch (err) {
+        // Only a setup problem OpenSSH has and ssh2 may not (key refused by OpenSSH, broken
+        // binary) falls back; a refused host key, an abort or a missing socket do not.
+        if (!(err instanceof OpenSshSetupError) || this.options.dataChannel === 'openssh') throw err;
+        this.opensshUnusable = err.message;
+        this.options.log?.warn('OpenSSH data channel unavailable, using ssh2 (slower)', { host: this.target.name, error: err.message });
+        return viaSsh2();
+      }
     };
   }
 
+  /** Which implementation nbdDialer uses for unix sockets now, and why not OpenSSH if not. */
+  get dataChannel(): { via: 'openssh' } | { via: 'ssh2'; reason: string } {
+    return this.opensshUnusable ? { via: 'ssh2', reason: this.opensshUnusable } : { via: 'openssh' };
+  }
+
+  private newForward(remotePath: string): OpenSshForward {
+    const t = this.target;
+    const forward = new OpenSshForward(
+      {
+        where: this.where,
+        host: t.host,
+        port: t.port,
+        username: t.username,
+        keyFile: t.keyFile!,
+        hostKey: this.hostKey,
+        ciphers: this.options.ciphers ?? [PREFERRED_CIPHER],
+      },
+      remotePath,
+      {
+        ...(this.options.opensshBinary ? { binary: this.options.opensshBinary } : {}),
+        ...(this.options.connectTimeoutMs ? { startTimeoutMs: this.options.connectTimeoutMs } : {}),
+        ...(this.options.keepaliveIntervalMs ? { keepaliveIntervalMs: this.options.keepaliveIntervalMs } : {}),
+        ...(this.options.keepaliveCountMax ? { keepaliveCountMax: this.options.keepaliveCountMax } : {}),
+        ...(this.options.log ? { log: this.options.log } : {}),
+        ...(this.options.signal ? { signal: this.options.signal } : {}),
+      },
+    );
+    this.forwards.add(forward);
+    return forward;
+  }
+
   /** Closes the connection (running commands and forwarded channels end with it). */
-  close(): Promise<void> {
-    if (this.closed) return Promise.resolve();
+  async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
+    await Promise.all([...this.forwards].map((f) => f.stop()));
+    this.forwards.clear();
     return new Promise((resolve) => {
       if (this.lost) {
         this.client.end();
