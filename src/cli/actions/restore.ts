@@ -17,22 +17,28 @@ interface TargetEntry {
   flag: string;
   /** Whether the target uses stdout (then results go to stderr). */
   stdout?: boolean;
-  make(opts: Record<string, unknown>, ctx: CliContext): RestoreTarget;
+  make?(opts: Record<string, unknown>, ctx: CliContext): RestoreTarget;
+  /** A target that restores the whole instance, not one disk, runs its own action. */
+  run?: () => Promise<Action>;
 }
 
 const targets: TargetEntry[] = [
   { option: 'toFile', flag: '--to-file', make: (o) => new FileTarget(String(o['toFile']), o['format'] as 'raw' | 'qcow2') },
   { option: 'toStdout', flag: '--to-stdout', stdout: true, make: () => new StreamTarget(dataStdout(), 'stdout') },
   { option: 'toRbd', flag: '--to-rbd', make: (o, ctx) => rbdRestoreTarget(o, ctx) },
+  { option: 'toCloud', flag: '--to-cloud', run: async () => (await import('./restore-cloud.js')).restoreCloud },
 ];
 
 export const restore: Action = async (ctx, args, opts) => {
+  // `--plan --to-cloud X` plans for cloud X.
+  if (opts['plan'] && typeof opts['toCloud'] === 'string') opts = { ...opts, cloud: opts['cloud'] ?? opts['toCloud'] };
   if (opts['plan']) return (await import('./restore-plan.js')).restorePlan(ctx, args, opts);
   const chosen = targets.filter((t) => opts[t.option] !== undefined && opts[t.option] !== false);
   if (chosen.length !== 1) {
     throw new UsageError(chosen.length === 0 ? 'say where to restore to' : `choose one of ${chosen.map((t) => t.flag).join(', ')}`, { hint: `one of ${targets.map((t) => t.flag).join(', ')}` });
   }
   const entry = chosen[0]!;
+  if (entry.run) return (await entry.run())(ctx, args, opts);
   if (entry.stdout && ctx.out.json) throw new UsageError('--to-stdout writes the disk to stdout; it cannot be combined with --json');
   if (opts['format'] !== 'raw' && entry.option !== 'toFile') throw new UsageError('--format applies to --to-file');
   if ((opts['overwrite'] === true || opts['ceph'] !== undefined) && entry.option !== 'toRbd') throw new UsageError('--overwrite and --ceph apply to --to-rbd');
@@ -44,7 +50,7 @@ export const restore: Action = async (ctx, args, opts) => {
     if (keys.length !== 1) throw new UsageError(`point ${point.pointId} has ${keys.length} disks; choose one with --disk`, { hint: `disks: ${keys.join(', ')}` });
     key = keys[0]!;
   }
-  const target = entry.make(opts, ctx);
+  const target = entry.make!(opts, ctx);
   const reader = await openDiskReader(repo, point, key);
   const started = Date.now();
   try {

@@ -24,6 +24,8 @@ export function repositoryCommands(program: Command, bind: Bind): void {
     .option('--to-rbd <pool/image>', 'write into a new RBD image (ceph-rbd; --overwrite to replace an existing one)')
     .option('--overwrite', 'with --to-rbd: replace the content of an existing image')
     .option('--ceph <cluster>', 'with --to-rbd: the inventory\'s Ceph cluster (default: its only one)')
+    .option('--to-cloud [cloud]', 'recreate the instance in OpenStack (default cloud: the point\'s, or the only one): volumes written through Ceph RBD, an image-booted root disk uploaded to Glance, keypairs, the server (waited until ACTIVE); --name, --project, --flavor, --network, --availability-zone and --volume-type map it as for --plan; a failed run removes what it made')
+    .option('--delete-image', 'with --to-cloud: delete the uploaded root image once the server is ACTIVE (default: keep it; rebuild, resize and evacuation need it)')
     .option('--plan', 'print what restoring the instance into OpenStack would create, and where, without creating anything')
     .option('--cloud <name>', 'with --plan: the inventory cloud to restore into (default: the point\'s, or the only one)')
     .option('--name <name>', 'with --plan: name of the new server (default: the original\'s)')
