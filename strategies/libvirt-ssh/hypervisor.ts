@@ -42,14 +42,22 @@ export class Hypervisor {
   /** Runs argv; a non-zero exit is a CommandFailedError with stderr. */
   async run(argv: string[], opts: { stdin?: string | Buffer; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<ExecResult> {
     const signal = opts.signal === null ? undefined : (opts.signal ?? this.signal);
-    this.log?.debug('hypervisor run', { host: this.name, argv });
-    return this.conn.run(argv, { ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}), ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(signal ? { signal } : {}) });
+    const started = Date.now();
+    try {
+      return await this.conn.run(argv, { ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}), ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(signal ? { signal } : {}) });
+    } finally {
+      this.log?.debug('hypervisor run', { host: this.name, argv: argv.slice(0, 4), ms: Date.now() - started });
+    }
   }
 
   /** Runs argv and returns its result whatever the exit status. */
   async exec(argv: string[], opts: { stdin?: string | Buffer; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<ExecResult> {
     const signal = opts.signal === null ? undefined : (opts.signal ?? this.signal);
-    return this.conn.exec(argv, { ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}), ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(signal ? { signal } : {}) });
+    const started = Date.now();
+    const r = await this.conn.exec(argv, { ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}), ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(signal ? { signal } : {}) });
+    // Round trips are the fixed cost of a small incremental: each one is logged with its time.
+    this.log?.debug('hypervisor exec', { host: this.name, argv: argv.slice(0, 4), ms: Date.now() - started, code: r.code });
+    return r;
   }
 
   private virshArgv(args: string[]): string[] {

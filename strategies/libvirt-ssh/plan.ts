@@ -3,6 +3,7 @@
  * hypervisor and in the repository: which disks, which incremental mechanism (checkpoint or
  * kept overlay), full or incremental, and the reason in words for the report.
  */
+import { ConfigError } from '../../src/errors.js';
 import type { BackupLevel } from '../../src/inventory/types.js';
 import type { DomainDisk, DomainInfo } from './domain-xml.js';
 import { OVERLAY_MARK } from './snapshot-mode.js';
@@ -17,18 +18,55 @@ export interface LibvirtSshOptions {
   parallelDisks: number;
   /** Where per-run scratch files, sockets and the run journal live on the hypervisor. */
   workDir: string;
+  /** How RBD network disks are read (handed to the ceph-rbd strategy's session). */
+  rbd: RbdOptions;
+}
+
+export interface RbdOptions {
+  /** hypervisor: rbd runs there over the run's SSH connection; backup-node: here, with an inventory cluster. */
+  runOn: 'hypervisor' | 'backup-node';
+  /** An inventory cephClusters entry (required for backup-node when the inventory has several). */
+  cluster?: string;
+  /** ceph.conf / keyring paths on the hypervisor (default: rbd's own, /etc/ceph/…) when no cluster is named. */
+  conf?: string;
+  keyring?: string;
 }
 
 export const DEFAULT_WORK_DIR = '/var/tmp/vprotect';
 
+const MODES = ['auto', 'checkpoint', 'snapshot'];
+
+/** The policy's strategyOptions, checked: a typo must not silently change how a VM is backed up. */
 export function parseOptions(o: Record<string, unknown>): LibvirtSshOptions {
+  const bad = (what: string, want: string, value: unknown): never => {
+    throw new ConfigError(`libvirt-ssh: strategyOptions.${what} must be ${want}, not ${JSON.stringify(value)}`);
+  };
+  const mode = o['mode'] ?? 'auto';
+  if (typeof mode !== 'string' || !MODES.includes(mode)) bad('mode', MODES.join(' | '), mode);
+  const transport = o['transport'] ?? 'ssh';
+  if (transport !== 'ssh' && transport !== 'netcat') bad('transport', 'ssh | netcat', transport);
+  const rbdIn = o['rbd'] ?? {};
+  if (typeof rbdIn !== 'object' || rbdIn === null || Array.isArray(rbdIn)) bad('rbd', 'a mapping {runOn, cluster, conf, keyring}', rbdIn);
+  const r = rbdIn as Record<string, unknown>;
+  const runOn = r['runOn'] ?? 'hypervisor';
+  if (runOn !== 'hypervisor' && runOn !== 'backup-node') bad('rbd.runOn', 'hypervisor | backup-node', runOn);
+  for (const k of ['cluster', 'conf', 'keyring']) if (r[k] !== undefined && (typeof r[k] !== 'string' || r[k] === '')) bad(`rbd.${k}`, 'a non-empty string', r[k]);
+  if (runOn === 'backup-node' && (r['conf'] !== undefined || r['keyring'] !== undefined)) {
+    throw new ConfigError('libvirt-ssh: strategyOptions.rbd.conf/keyring are paths on the hypervisor; with rbd.runOn backup-node the inventory\'s cephClusters entry says where they are', [], { hint: 'remove rbd.conf/keyring, or set rbd.runOn: hypervisor' });
+  }
   return {
-    mode: (o['mode'] as LibvirtSshOptions['mode'] | undefined) ?? 'auto',
-    transport: (o['transport'] as LibvirtSshOptions['transport'] | undefined) ?? 'ssh',
+    mode: mode as LibvirtSshOptions['mode'],
+    transport: transport as LibvirtSshOptions['transport'],
     atomic: (o['atomic'] as boolean | undefined) ?? true,
     excludeDisks: (o['excludeDisks'] as string[] | undefined) ?? [],
     parallelDisks: (o['parallelDisks'] as number | undefined) ?? 1,
     workDir: (o['workDir'] as string | undefined) ?? DEFAULT_WORK_DIR,
+    rbd: {
+      runOn: runOn as RbdOptions['runOn'],
+      ...(typeof r['cluster'] === 'string' ? { cluster: r['cluster'] } : {}),
+      ...(typeof r['conf'] === 'string' ? { conf: r['conf'] } : {}),
+      ...(typeof r['keyring'] === 'string' ? { keyring: r['keyring'] } : {}),
+    },
   };
 }
 
@@ -62,23 +100,24 @@ export interface RefusedDisk {
 }
 
 export interface SelectedDisks {
+  /** File and block disks: read by this strategy (checkpoint or kept overlay). */
   disks: DomainDisk[];
+  /** RBD network disks: handed to the ceph-rbd session (RBD snapshots, export-diff). */
+  rbd: DomainDisk[];
   skipped: SkippedDisk[];
   refused: RefusedDisk[];
 }
 
 /** Which disks of the domain are backed up. */
 export function selectDisks(domain: DomainInfo, options: Pick<LibvirtSshOptions, 'excludeDisks'>): SelectedDisks {
-  const out: SelectedDisks = { disks: [], skipped: [], refused: [] };
+  const out: SelectedDisks = { disks: [], rbd: [], skipped: [], refused: [] };
   for (const d of domain.disks) {
     if (options.excludeDisks.includes(d.target)) out.skipped.push({ target: d.target, reason: 'excluded by the policy (excludeDisks)' });
     else if (d.device === 'cdrom' || d.device === 'floppy') out.skipped.push({ target: d.target, reason: `${d.device}: removable media are not backed up` });
     else if (d.type === 'network' && d.rbd) {
-      out.refused.push({
-        target: d.target,
-        reason: `RBD disk ${d.rbd.pool}/${d.rbd.image} is not supported by the libvirt-ssh strategy yet — use ceph-rbd`,
-        hint: `back it up with the ceph-rbd strategy (--rbd ${d.rbd.pool}/${d.rbd.image}), or add ${d.target} to the policy's excludeDisks`,
-      });
+      // A disk on an RBD snapshot (read-only clone source) is not the VM's data to rotate snapshots on.
+      if (d.rbd.snapshot) out.refused.push({ target: d.target, reason: `RBD disk ${d.rbd.pool}/${d.rbd.image}@${d.rbd.snapshot} is a snapshot, not an image`, hint: `add ${d.target} to the policy's excludeDisks` });
+      else out.rbd.push(d);
     } else if (d.type === 'network') {
       out.refused.push({ target: d.target, reason: `network disk (${d.protocol ?? 'unknown'} protocol) is not supported`, hint: `add ${d.target} to the policy's excludeDisks` });
     } else if ((d.type === 'file' || d.type === 'block') && d.path) {

@@ -10,6 +10,8 @@
  *             kinds and `atomic`, the domain is paused for the two calls
  *   read      NBD through the SSH connection (unix-socket forwarding) or direct TCP (netcat):
  *             the job's export per disk, or qemu-nbd on the frozen image
+ *   RBD disks are handed to a ceph-rbd session (rbd-disks.ts): planned, snapshotted (inside
+ *             the same freeze/pause as the file disks), read, committed and aborted by it
  *   commit    end the job, drop the previous checkpoint, the new one's metadata (its bitmap
  *             stays), merge the frozen overlay
  *   abort     end the job, drop the new checkpoint, the previous one's metadata, pivot back
@@ -32,13 +34,14 @@ import { newJournal, newRunId, writeJournal, type Journal, type OverlayRecord } 
 import { asAnchor, chooseMode, decideLevel, parseOptions, selectDisks, type DiskAnchor, type LibvirtSshOptions, type Mode, type SkippedDisk } from './plan.js';
 import { startQemuNbd, stopQemuNbd } from './qemu-nbd.js';
 import { recoverStaleRuns, rollbackRun, finishRun } from './recovery.js';
+import { openRbdDisks } from './rbd-disks.js';
 import { overlayRecord, snapshotArgs } from './snapshot-mode.js';
 
 /** Everything decided for one disk. */
 interface DiskState {
   disk: DomainDisk;
-  /** checkpoint | snapshot, or offline (domain not running: qemu-nbd on the file itself). */
-  mode: Mode | 'offline';
+  /** checkpoint | snapshot, offline (domain not running: qemu-nbd on the file itself), or rbd (the ceph-rbd session's). */
+  mode: Mode | 'offline' | 'rbd';
   plan: DiskPlan;
   previousAnchor: DiskAnchor | undefined;
   overlay?: OverlayRecord;
@@ -76,6 +79,10 @@ export class LibvirtSshSession implements BackupSession {
   private suspended = false;
   private newCheckpointXml: string | undefined;
   private finished = false;
+  /** The ceph-rbd session of the domain's RBD disks, when it has some. */
+  private rbd: BackupSession | undefined;
+  /** Whether this run has file disks, hence a run directory and journal on the hypervisor. */
+  private hasFileDisks = false;
   private readonly domainName: string;
 
   constructor(
@@ -124,15 +131,18 @@ export class LibvirtSshSession implements BackupSession {
       const r = selected.refused[0]!;
       throw new UsageError(`${domainName} ${r.target}: ${r.reason}`, { hint: r.hint, data: { refused: selected.refused } });
     }
-    if (selected.disks.length === 0) throw new UsageError(`${domainName}: no disk to back up`, { hint: 'check excludeDisks' });
-    const sizes = await this.diskSizes();
+    if (selected.disks.length === 0 && selected.rbd.length === 0) throw new UsageError(`${domainName}: no disk to back up`, { hint: 'check excludeDisks' });
     const running = this.domainState === 'running' || this.domainState === 'paused';
-
-    await hv.makeRunDir(this.runDir);
-    await writeJournal(hv, this.journal);
-
-    let checkpoints = running ? await hv.checkpointNames(domainName) : [];
     const plans: DiskState[] = [];
+    if (selected.rbd.length > 0) plans.push(...(await this.planRbd(selected.rbd, request)));
+    this.hasFileDisks = selected.disks.length > 0;
+    const sizes = this.hasFileDisks ? await this.diskSizes() : new Map<string, number>();
+    if (this.hasFileDisks) {
+      await hv.makeRunDir(this.runDir);
+      await writeJournal(hv, this.journal);
+    }
+
+    let checkpoints = running && this.hasFileDisks ? await hv.checkpointNames(domainName) : [];
     for (const disk of selected.disks) {
       const size = sizes.get(disk.target);
       if (size === undefined) throw new UnavailableError(`${domainName} ${disk.target}: virsh domblkinfo gave no capacity`);
@@ -182,8 +192,24 @@ export class LibvirtSshSession implements BackupSession {
     if (bases.size > 1) {
       for (const p of plans) p.plan = { ...p.plan, level: 'full', reason: `disks were checkpointed at different points (${[...bases].join(', ')}); ${p.plan.reason}` };
     }
+    // Keep the domain's disk order in reports and the manifest.
+    const order = this.domain.disks.map((d) => d.target);
+    plans.sort((a, b) => order.indexOf(a.disk.target) - order.indexOf(b.disk.target));
     this.disks = plans;
     return plans.map((p) => p.plan);
+  }
+
+  /** The RBD disks' plans, from the ceph-rbd session (its anchors are RBD snapshots). */
+  private async planRbd(disks: DomainDisk[], request: { level: BackupLevel; previous: PreviousPoint | undefined }): Promise<DiskState[]> {
+    this.rbd = await openRbdDisks({ target: this.target, ctx: this.ctx, hv: this.hv, disks, options: this.options.rbd, domain: this.domainName });
+    const keys = new Set(disks.map((d) => d.target));
+    const previous = request.previous ? { ...request.previous, disks: request.previous.disks.filter((d) => keys.has(d.key)) } : undefined;
+    const plans = await this.rbd.plan({ level: request.level, previous });
+    return plans.map((plan) => {
+      const disk = disks.find((d) => d.target === plan.key)!;
+      this.ctx.log.debug(`${this.domainName} ${plan.key}: RBD disk ${disk.rbd!.pool}/${disk.rbd!.image} (ceph-rbd): ${plan.level}, ${plan.reason}`);
+      return { disk, mode: 'rbd' as const, plan: { ...plan, reason: `${plan.reason}; RBD disk ${disk.rbd!.pool}/${disk.rbd!.image}: RBD snapshot` }, previousAnchor: undefined };
+    });
   }
 
   private async diskSizes(): Promise<Map<string, number>> {
@@ -203,13 +229,18 @@ export class LibvirtSshSession implements BackupSession {
     return this.disks.filter((d) => d.mode === 'snapshot');
   }
 
-  async snapshot(): Promise<ConsistencyReport> {
+  private get rbdDisks(): DiskState[] {
+    return this.disks.filter((d) => d.mode === 'rbd');
+  }
+
+  async snapshot(point?: { pointId: string }): Promise<ConsistencyReport> {
     const { hv, domainName } = this;
     const policy = this.ctx.policy;
     const hooks: NonNullable<ConsistencyReport['hooks']> = [];
-    const running = this.disks.some((d) => d.mode !== 'offline');
+    const running = this.disks.some((d) => d.mode !== 'offline' && d.mode !== 'rbd') || (this.rbdDisks.length > 0 && (this.domainState === 'running' || this.domainState === 'paused'));
     if (!running) {
-      // Nothing runs, nothing changes: the files are consistent as they are.
+      // Nothing runs, nothing changes: the files (and images) are consistent as they are.
+      if (this.rbd) await this.rbd.snapshot(point);
       return { level: 'crash', note: `domain ${this.domainState}: disks read as they are on the hypervisor (shut down cleanly, they are consistent)` };
     }
     let level: ConsistencyReport['level'] = 'crash';
@@ -220,7 +251,8 @@ export class LibvirtSshSession implements BackupSession {
       this.frozen = freeze.frozen;
       level = freeze.level;
       note = freeze.note;
-      await this.takeSnapshot();
+      const how = await this.takeSnapshot(point);
+      if (how) note = note ? `${note}; ${how}` : how;
     } finally {
       if (this.frozen) {
         await thawGuest(hv, domainName).catch((e: unknown) => this.ctx.log.error(`could not thaw ${domainName}: ${errorMessage(e)} — run: virsh domfsthaw ${domainName}`));
@@ -241,10 +273,15 @@ export class LibvirtSshSession implements BackupSession {
     return { level: appHooks ? 'app' : level, ...(note ? { note } : {}), ...(hooks.length ? { hooks } : {}) };
   }
 
-  private async takeSnapshot(): Promise<void> {
+  /**
+   * One point in time for every disk: overlays, RBD snapshots and the backup job, with the
+   * domain paused around them when there are several (atomic). Returns what to say about it.
+   */
+  private async takeSnapshot(point?: { pointId: string }): Promise<string | undefined> {
     const { hv, domainName } = this;
     const cpDisks = this.checkpointDisks;
     const ovDisks = this.overlayDisks;
+    const rbdCount = this.rbdDisks.length;
     for (const d of ovDisks) d.overlay = overlayRecord(d.disk, this.runId);
     const previousCheckpoint = [...new Set(cpDisks.map((d) => (d.previousAnchor?.mode === 'checkpoint' ? d.previousAnchor.checkpoint : undefined)).filter((x): x is string => !!x))];
     if (cpDisks.length) {
@@ -253,11 +290,14 @@ export class LibvirtSshSession implements BackupSession {
     }
     if (ovDisks.length) this.journal.overlays = ovDisks.map((d) => d.overlay!);
     this.journal.phase = 'snapshot';
-    await writeJournal(hv, this.journal);
+    if (this.hasFileDisks) await writeJournal(hv, this.journal);
 
     let jobFiles: { job: string; checkpoint: string } | undefined;
     if (cpDisks.length) jobFiles = await this.prepareJob(cpDisks);
-    const pause = this.options.atomic && cpDisks.length > 0 && ovDisks.length > 0;
+    // Separate calls (overlays, each RBD snapshot, the backup job) must see the same instant.
+    const calls = (cpDisks.length > 0 ? 1 : 0) + (ovDisks.length > 0 ? 1 : 0) + rbdCount;
+    const pause = this.options.atomic && calls > 1;
+    const started = Date.now();
     try {
       if (pause) {
         // Two libvirt calls must see the same instant: nothing runs in the guest in between.
@@ -270,6 +310,8 @@ export class LibvirtSshSession implements BackupSession {
         const others = this.domain.disks.filter((d) => !ovDisks.some((o) => o.disk.target === d.target) && d.device === 'disk').map((d) => d.target);
         await hv.virsh(snapshotArgs(domainName, this.runId, ovDisks.map((d) => d.overlay!), others, false), { timeoutMs: 300_000 });
       }
+      // RBD snapshots (rbd snap create on the running image: librbd flushes qemu's cache first).
+      if (this.rbd) await this.rbd.snapshot(point);
       if (jobFiles) {
         await hv.virsh(['backup-begin', domainName, jobFiles.job, jobFiles.checkpoint]);
       }
@@ -280,7 +322,11 @@ export class LibvirtSshSession implements BackupSession {
         this.suspended = false;
       }
     }
+    const spanMs = Date.now() - started;
     if (cpDisks.length) this.newCheckpointXml = await dumpCheckpoint(hv, domainName, this.checkpointName);
+    if (calls <= 1) return undefined;
+    const what = `${calls} snapshot calls (${[cpDisks.length ? 'backup job' : '', ovDisks.length ? 'overlays' : '', rbdCount ? `${rbdCount} RBD snapshot(s)` : ''].filter(Boolean).join(', ')})`;
+    return pause ? `${what} made with the domain paused for ${spanMs} ms: one instant for all disks` : `${what} made one after the other within ${spanMs} ms (atomic: false): each disk is crash-consistent on its own`;
   }
 
   /** Writes the job and checkpoint XML into the run directory; returns their paths. */
@@ -338,6 +384,7 @@ export class LibvirtSshSession implements BackupSession {
   read(plan: DiskPlan): AsyncIterable<Extent> {
     const state = this.disks.find((d) => d.disk.target === plan.key);
     if (!state) throw new UsageError(`disk ${plan.key} was not planned`);
+    if (state.mode === 'rbd') return this.rbd!.read(plan);
     return this.readDisk(state, plan);
   }
 
@@ -383,8 +430,10 @@ export class LibvirtSshSession implements BackupSession {
     }
   }
 
-  sourceAnchor(plan: DiskPlan): DiskAnchor {
+  sourceAnchor(plan: DiskPlan): unknown {
     const state = this.disks.find((d) => d.disk.target === plan.key)!;
+    // RBD disks: the ceph-rbd anchor (cluster, fsid, image id, snapshot id), which its plan checks.
+    if (state.mode === 'rbd') return this.rbd!.sourceAnchor(plan);
     const base = { strategy: 'libvirt-ssh' as const, domainUuid: this.domain.uuid };
     if (state.mode === 'checkpoint' && this.newCheckpointXml) {
       return { ...base, mode: 'checkpoint', checkpoint: this.checkpointName, checkpointXml: this.newCheckpointXml, path: state.disk.path! };
@@ -400,12 +449,14 @@ export class LibvirtSshSession implements BackupSession {
       type: d.disk.type,
       format: d.disk.format ?? null,
       path: d.disk.path ?? null,
+      ...(d.disk.rbd ? { rbd: `${d.disk.rbd.pool}/${d.disk.rbd.image}` } : {}),
       backing: d.disk.backing,
       mode: d.mode,
       level: d.plan.level,
       reason: d.plan.reason,
     }));
     return [
+      ...(this.rbd ? await this.rbd.metadata() : []),
       { name: 'domain.xml', content: this.inactiveXml },
       {
         name: 'libvirt.json',
@@ -415,10 +466,20 @@ export class LibvirtSshSession implements BackupSession {
   }
 
   async commit(): Promise<void> {
-    this.journal.phase = 'committing';
-    await writeJournal(this.hv, this.journal);
-    await finishRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused' });
+    let fileError: unknown;
+    if (this.hasFileDisks) {
+      try {
+        this.journal.phase = 'committing';
+        await writeJournal(this.hv, this.journal);
+        await finishRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused' });
+      } catch (err) {
+        fileError = err;
+      }
+    }
     this.finished = true;
+    // The RBD side rotates its snapshots even when the file side failed: both points are durable.
+    if (this.rbd) await this.rbd.commit();
+    if (fileError) throw fileError;
   }
 
   async abort(reason: unknown): Promise<void> {
@@ -435,7 +496,8 @@ export class LibvirtSshSession implements BackupSession {
     };
     if (this.suspended) await step('resume', () => hv.virsh(['resume', domainName], { signal: null }));
     if (this.frozen) await step('thaw', () => thawGuest(hv, domainName));
-    await step('undo the run', () => rollbackRun(hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused' }));
+    if (this.rbd) await step('remove the RBD snapshots', () => this.rbd!.abort(reason));
+    if (this.hasFileDisks) await step('undo the run', () => rollbackRun(hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused' }));
     this.finished = true;
     if (problems.length) {
       throw new UnavailableError(`could not undo everything on ${hv.name}: ${problems.join('; ')}`, { hint: `run \`vprotect cleanup\`, or see ${this.runDir}/journal.json on ${hv.name}` });
@@ -443,7 +505,11 @@ export class LibvirtSshSession implements BackupSession {
   }
 
   async close(): Promise<void> {
-    await this.borrowed.release();
+    try {
+      await this.rbd?.close();
+    } finally {
+      await this.borrowed.release();
+    }
   }
 }
 

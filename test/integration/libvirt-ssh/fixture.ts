@@ -97,7 +97,11 @@ export interface TestDomain {
 
 const BOOT_SECTOR = Buffer.concat([Buffer.from([0xfa, 0xf4]), Buffer.alloc(508), Buffer.from([0x55, 0xaa])]);
 
-export function createDomain(env: LabEnv, name: string, disks: DiskSpec[], opts: { agentChannel?: boolean; start?: boolean } = {}): TestDomain {
+/**
+ * `extraDisksXml`: more <disk> elements after the file disks (an RBD network disk), so they
+ * come after them in the guest's virtio-disk numbering.
+ */
+export function createDomain(env: LabEnv, name: string, disks: DiskSpec[], opts: { agentChannel?: boolean; start?: boolean; extraDisksXml?: string } = {}): TestDomain {
   destroyDomain(env, name);
   const out: TestDomain['disks'] = [];
   for (const [i, d] of disks.entries()) {
@@ -130,7 +134,7 @@ export function createDomain(env: LabEnv, name: string, disks: DiskSpec[], opts:
         d.base ? `<backingStore type='file'><format type='raw'/><source file='${d.base}'/></backingStore>` : ''
       }<target dev='${d.target}' bus='virtio'/></disk>`,
     )
-    .join('');
+    .join('') + (opts.extraDisksXml ?? '');
   const xml = `<domain type='qemu'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
 <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>${diskXml}<serial type='file'><source path='${join(env.vms, `${name}.serial.log`)}'/><target port='0'/></serial>
@@ -200,7 +204,7 @@ export function diskDigest(env: LabEnv, domain: string, target: string): string 
 
 export interface Harness {
   repo: Repository;
-  backup(level: BackupLevel, opts?: { options?: Record<string, unknown>; policy?: Partial<PolicyConfig>; strategy?: Strategy; signal?: AbortSignal; log?: Logger }): Promise<BackupVmResult>;
+  backup(level: BackupLevel, opts?: { options?: Record<string, unknown>; policy?: Partial<PolicyConfig>; inventory?: Partial<Inventory>; strategy?: Strategy; signal?: AbortSignal; log?: Logger }): Promise<BackupVmResult>;
   /** Restores a disk of a point and returns its sha256. */
   restoredDigest(pointId: string, key: string): Promise<string>;
 }
@@ -220,7 +224,7 @@ export async function harness(env: LabEnv, domain: string, baseOptions: Record<s
         target: { vmId: domain, vmName: domain, hypervisor: env.hv, domain },
         level,
         command: 'test',
-        ctx: { log: opts.log ?? defaultLogger, events: () => {}, signal: opts.signal ?? new AbortController().signal, dryRun: false, inventory, policy, options, env: {} },
+        ctx: { log: opts.log ?? defaultLogger, events: () => {}, signal: opts.signal ?? new AbortController().signal, dryRun: false, inventory: { ...inventory, ...(opts.inventory ?? {}) }, policy, options, env: {} },
       });
     },
     async restoredDigest(pointId, key) {

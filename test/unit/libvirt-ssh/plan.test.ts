@@ -11,7 +11,7 @@ const disk = (o: Partial<DomainDisk>): DomainDisk => ({ target: 'vda', device: '
 const domain = (disks: DomainDisk[]): DomainInfo => ({ name: 'a', uuid: 'u-1', running: true, disks, guestAgentChannel: false });
 
 describe('selectDisks', () => {
-  it('keeps file and block disks, skips removable media and excluded disks, refuses RBD with a pointer to ceph-rbd', () => {
+  it('keeps file and block disks, hands RBD disks to ceph-rbd, skips removable media and excluded disks', () => {
     const s = selectDisks(
       domain([
         disk({ target: 'vda' }),
@@ -28,9 +28,20 @@ describe('selectDisks', () => {
       { target: 'sda', reason: 'cdrom: removable media are not backed up' },
       { target: 'vdd', reason: 'excluded by the policy (excludeDisks)' },
     ]);
-    expect(s.refused).toHaveLength(1);
-    expect(s.refused[0]!.reason).toMatch(/RBD disk vms\/x_disk is not supported by the libvirt-ssh strategy yet — use ceph-rbd/);
-    expect(s.refused[0]!.hint).toMatch(/excludeDisks/);
+    expect(s.rbd.map((d) => d.target)).toEqual(['vde']);
+    expect(s.refused).toEqual([]);
+  });
+
+  it('refuses an RBD snapshot used as a disk, and other network protocols, with excludeDisks as the way out', () => {
+    const s = selectDisks(
+      domain([
+        disk({ target: 'vda', type: 'network', protocol: 'rbd', rbd: { pool: 'vms', image: 'x', snapshot: 's1', hosts: [] } }),
+        disk({ target: 'vdb', type: 'network', protocol: 'iscsi' }),
+      ]),
+      { excludeDisks: [] },
+    );
+    expect(s.refused.map((r) => r.reason)).toEqual(['RBD disk vms/x@s1 is a snapshot, not an image', 'network disk (iscsi protocol) is not supported']);
+    expect(s.refused.every((r) => /excludeDisks/.test(r.hint))).toBe(true);
   });
 
   it('refuses formats it cannot read', () => {
@@ -140,7 +151,15 @@ describe('recovery direction', () => {
     expect(pointIsFromRun(point({ strategy: 'libvirt-ssh', mode: 'checkpoint', domainUuid: 'u-1', checkpoint: 'vprotect-run-1', checkpointXml: 'x', path: '/v/a' }), j)).toBe(false);
     expect(pointIsFromRun(undefined, j)).toBe(false);
   });
-  it('options default to auto, ssh, atomic, /var/tmp/vprotect', () => {
-    expect(parseOptions({})).toEqual({ mode: 'auto', transport: 'ssh', atomic: true, excludeDisks: [], parallelDisks: 1, workDir: '/var/tmp/vprotect' });
+  it('options default to auto, ssh, atomic, /var/tmp/vprotect, rbd on the hypervisor', () => {
+    expect(parseOptions({})).toEqual({ mode: 'auto', transport: 'ssh', atomic: true, excludeDisks: [], parallelDisks: 1, workDir: '/var/tmp/vprotect', rbd: { runOn: 'hypervisor' } });
+    expect(parseOptions({ rbd: { runOn: 'backup-node', cluster: 'lab' } }).rbd).toEqual({ runOn: 'backup-node', cluster: 'lab' });
+  });
+  it('bad options are refused with the option, what it must be and what it was', () => {
+    expect(() => parseOptions({ mode: 'snapshots' })).toThrow('libvirt-ssh: strategyOptions.mode must be auto | checkpoint | snapshot, not "snapshots"');
+    expect(() => parseOptions({ transport: 'tcp' })).toThrow(/transport must be ssh \| netcat, not "tcp"/);
+    expect(() => parseOptions({ rbd: 'hypervisor' })).toThrow(/strategyOptions.rbd must be a mapping/);
+    expect(() => parseOptions({ rbd: { keyring: 3 } })).toThrow(/rbd.keyring must be a non-empty string, not 3/);
+    expect(() => parseOptions({ rbd: { runOn: 'backup-node', conf: '/etc/ceph/ceph.conf' } })).toThrow(/paths on the hypervisor/);
   });
 });
