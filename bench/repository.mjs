@@ -35,12 +35,17 @@ if (args[0] === '--child') {
     const repo = await openRepository(repoDir, { create: true });
     const fh = await open(image, 'r');
     const size = (await fh.stat()).size;
+    // Like a strategy's reader with reuseBuffers: two buffers, the next piece read while the
+    // writer works on this one; a piece's data is valid until the writer asks for the next.
     async function* extents() {
       const piece = 4 << 20;
-      for (let off = 0; off < size; off += piece) {
-        const buf = Buffer.allocUnsafe(Math.min(piece, size - off));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, off);
-        yield { offset: off, length: bytesRead, data: buf.subarray(0, bytesRead) };
+      const buffers = [Buffer.allocUnsafeSlow(piece), Buffer.allocUnsafeSlow(piece)];
+      const readPiece = (off, buf) => fh.read(buf, 0, Math.min(piece, size - off), off);
+      let next = size > 0 ? readPiece(0, buffers[0]) : undefined;
+      for (let off = 0, i = 0; off < size; off += piece, i ^= 1) {
+        const { bytesRead } = await next;
+        next = off + piece < size ? readPiece(off + piece, buffers[i ^ 1]) : undefined;
+        yield { offset: off, length: bytesRead, data: buffers[i].subarray(0, bytesRead) };
       }
     }
     const w = await repo.beginPoint({ vmId: 'bench', level: 'full' });

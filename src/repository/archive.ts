@@ -53,6 +53,7 @@ export async function exportPoint(repo: Repository, point: PointInfo, out: Writa
       const map = new BlockMapBuilder(repo.blockSize, (d) => lines.push(`${d.toString('hex')}\n`));
       try {
         await writeEntry(pack, prefix + diskFiles.raw(disk.key), reader.size, async (sink) => {
+          // No reuseBuffers: the tar stream queues the chunks written to it.
           for await (const e of reader.extents({ signal: opts.signal })) {
             if (e.data) map.data(e.offset, e.data);
             for (let done = 0; done < e.length; ) {

@@ -6,16 +6,17 @@
  * DataCorruptError naming the file; nothing wrong is ever returned.
  */
 import { createHash } from 'node:crypto';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DataCorruptError, DestinationError, throwIfAborted, UsageError } from '../errors.js';
 import { digestAt, parseBlockMap, zeroDigest } from './block-map.js';
+import { BufferPool } from '../util/buffer-pool.js';
 import { readAt } from './coalescing-writer.js';
+import { MAX_RECORD_BYTES } from './disk-writers.js';
 import { DiffIndex, loadDiffIndex } from './diff-index.js';
 import { isZero, type Extent } from './extents.js';
 import type { DiskEntry } from './manifest.js';
 import { encodePreamble, RECORD_HEADER_BYTES } from './rbd-diff.js';
-import { readFile } from 'node:fs/promises';
 import type { PointInfo, Repository } from './repository.js';
 
 /** A range of the disk and where its bytes come from: layer -1 = zeros, 0 = the full image, n = the n-th diff. */
@@ -84,10 +85,74 @@ export function overlay(segments: Segment[], oldSize: number, newSize: number, l
   return out;
 }
 
-export class DiskReader {
-  private lastBlock: { block: number; data: Buffer } | undefined;
-  private readonly lastRecord = new Map<number, { record: number; data: Buffer }>();
+export interface ExtentOptions {
+  from?: number;
+  to?: number;
+  signal?: AbortSignal;
+  /**
+   * Read into recycled buffers (src/util/buffer-pool.ts): an extent's `data` is then valid only
+   * until the next extent is requested, so the consumer must write, hash or copy it before
+   * asking for more. A consumer that queues the bytes (a stream's write buffer) must not set
+   * it. Fresh multi-MiB buffers fault in every page on first touch; reusing them made restore
+   * several times faster. Default false (every extent owns its bytes).
+   */
+  reuseBuffers?: boolean;
+}
 
+/** One block or record held while its extents are out, with the pool buffer it lives in. */
+interface Held {
+  layer: number;
+  /** Block number (full image) or record number (diff). */
+  n: number;
+  data: Buffer;
+  buffer: Buffer | undefined;
+}
+
+/**
+ * The state of one extents() walk: the block and records whose extents may still be in the
+ * consumer's hands (a segment boundary can split one, so they are kept for the next segment),
+ * the next block of the full image read ahead (the disk reads while this thread hashes), and
+ * with reuseBuffers the pools everything is read into.
+ */
+class Walk {
+  block: Held | undefined;
+  ahead: (Omit<Held, 'data'> & { ready: Promise<Buffer> }) | undefined;
+  readonly records = new Map<number, Held>();
+  private readonly blockPools = new Map<number, BufferPool>();
+  private readonly recordPool: BufferPool | undefined;
+
+  constructor(readonly reuse: boolean) {
+    this.recordPool = reuse ? new BufferPool(RECORD_HEADER_BYTES + MAX_RECORD_BYTES, 2) : undefined;
+  }
+
+  takeBlockBuffer(size: number): Buffer | undefined {
+    if (!this.reuse) return undefined;
+    let pool = this.blockPools.get(size);
+    if (!pool) this.blockPools.set(size, (pool = new BufferPool(size, 2)));
+    return pool.take();
+  }
+
+  takeRecordBuffer(length: number): Buffer | undefined {
+    // A record larger than ours (an imported diff) gets a buffer of its own.
+    return this.recordPool && length + RECORD_HEADER_BYTES <= this.recordPool.bufferSize ? this.recordPool.take() : undefined;
+  }
+
+  /** Hands a buffer back: only once the consumer has asked for the extent after its last view. */
+  give(buffer: Buffer | undefined): void {
+    if (!buffer) return;
+    if (buffer.length === this.recordPool?.bufferSize) this.recordPool.give(buffer);
+    else this.blockPools.get(buffer.length)?.give(buffer);
+  }
+
+  /** Waits for a read-ahead nobody will use, so no read outlives the walk. */
+  async abandonAhead(): Promise<void> {
+    const a = this.ahead;
+    this.ahead = undefined;
+    if (a) await a.ready.then(() => this.give(a.buffer), () => {});
+  }
+}
+
+export class DiskReader {
   constructor(
     readonly point: PointInfo,
     readonly key: string,
@@ -97,44 +162,49 @@ export class DiskReader {
   ) {}
 
   /** The disk's extents in [from, to): data (checked) or zeros; pieces of at most one block or record. */
-  async *extents(opts: { from?: number; to?: number; signal?: AbortSignal } = {}): AsyncGenerator<Extent> {
+  async *extents(opts: ExtentOptions = {}): AsyncGenerator<Extent> {
     const from = opts.from ?? 0;
     const to = Math.min(opts.to ?? this.size, this.size);
-    let i = firstSegmentEndingAfter(this.segments, from);
-    for (; i < this.segments.length && this.segments[i]!.start < to; i++) {
-      throwIfAborted(opts.signal);
-      const seg = this.segments[i]!;
-      const s = Math.max(seg.start, from);
-      const e = Math.min(seg.end, to);
-      const layer = seg.layer < 0 ? undefined : this.layers[seg.layer];
-      if (!layer || layer.kind === 'none') {
-        yield { offset: s, length: e - s };
-      } else if (layer.kind === 'raw') {
-        for (let pos = s; pos < e; ) {
-          const block = Math.floor(pos / layer.blockSize);
-          const blockStart = block * layer.blockSize;
-          const blockLength = Math.min(layer.blockSize, layer.size - blockStart);
-          // The block map says this block is all zeros: it is a hole in the image, so do not
-          // read it (a mostly empty 1 TiB disk restores without reading 1 TiB of holes).
-          // `verify --read-data` still reads every block of the file against the map.
-          if (layer.map && digestAt(layer.map, block).equals(zeroDigest(blockLength))) {
-            const end = Math.min(e, blockStart + blockLength);
-            yield { offset: pos, length: end - pos };
+    const walk = new Walk(opts.reuseBuffers ?? false);
+    try {
+      let i = firstSegmentEndingAfter(this.segments, from);
+      for (; i < this.segments.length && this.segments[i]!.start < to; i++) {
+        throwIfAborted(opts.signal);
+        const seg = this.segments[i]!;
+        const s = Math.max(seg.start, from);
+        const e = Math.min(seg.end, to);
+        const layer = seg.layer < 0 ? undefined : this.layers[seg.layer];
+        if (!layer || layer.kind === 'none') {
+          yield { offset: s, length: e - s };
+        } else if (layer.kind === 'raw') {
+          for (let pos = s; pos < e; ) {
+            const block = Math.floor(pos / layer.blockSize);
+            const blockStart = block * layer.blockSize;
+            const blockLength = Math.min(layer.blockSize, layer.size - blockStart);
+            // The block map says this block is all zeros: it is a hole in the image, so do not
+            // read it (a mostly empty 1 TiB disk restores without reading 1 TiB of holes).
+            // `verify --read-data` still reads every block of the file against the map.
+            if (isZeroBlock(layer, block)) {
+              const end = Math.min(e, blockStart + blockLength);
+              yield { offset: pos, length: end - pos };
+              pos = end;
+              continue;
+            }
+            const data = await this.baseBlock(walk, seg.layer, layer, block, e);
+            const end = Math.min(e, blockStart + data.length);
+            yield { offset: pos, length: end - pos, data: data.subarray(pos - blockStart, end - blockStart) };
             pos = end;
-            continue;
           }
-          const data = await this.baseBlock(layer, block);
-          const end = Math.min(e, blockStart + data.length);
-          yield { offset: pos, length: end - pos, data: data.subarray(pos - blockStart, end - blockStart) };
-          pos = end;
+        } else if (!layer.index.isData(seg.record)) {
+          yield { offset: s, length: e - s };
+        } else {
+          const data = await this.record(walk, seg.layer, layer, seg.record);
+          const rs = layer.index.offsets[seg.record]!;
+          yield { offset: s, length: e - s, data: data.subarray(s - rs, e - rs) };
         }
-      } else if (!layer.index.isData(seg.record)) {
-        yield { offset: s, length: e - s };
-      } else {
-        const data = await this.record(seg.layer, layer, seg.record);
-        const rs = layer.index.offsets[seg.record]!;
-        yield { offset: s, length: e - s, data: data.subarray(s - rs, e - rs) };
       }
+    } finally {
+      await walk.abandonAhead();
     }
   }
 
@@ -142,15 +212,30 @@ export class DiskReader {
   async read(offset: number, length: number): Promise<Buffer> {
     if (offset < 0 || offset + length > this.size) throw new UsageError(`read ${offset}+${length} is outside the disk (${this.size} bytes)`);
     const out = Buffer.alloc(length);
-    for await (const e of this.extents({ from: offset, to: offset + length })) if (e.data) e.data.copy(out, e.offset - offset);
+    for await (const e of this.extents({ from: offset, to: offset + length, reuseBuffers: true })) if (e.data) e.data.copy(out, e.offset - offset);
     return out;
   }
 
-  private async baseBlock(layer: BaseLayer, block: number): Promise<Buffer> {
-    if (this.lastBlock?.block === block) return this.lastBlock.data;
+  /** Block `block` of the full image, checked; then starts reading the next data block before `segEnd`. */
+  private async baseBlock(walk: Walk, layerNo: number, layer: BaseLayer, block: number, segEnd: number): Promise<Buffer> {
+    if (walk.block?.layer === layerNo && walk.block.n === block) return walk.block.data;
     const start = block * layer.blockSize;
     const length = Math.min(layer.blockSize, layer.size - start);
-    const data = await readAt(layer.fh, start, length);
+    let held: Held;
+    const ahead = walk.ahead;
+    if (ahead?.layer === layerNo && ahead.n === block) {
+      walk.ahead = undefined;
+      held = { layer: ahead.layer, n: ahead.n, buffer: ahead.buffer, data: await ahead.ready };
+    } else {
+      await walk.abandonAhead();
+      const buffer = walk.takeBlockBuffer(layer.blockSize);
+      held = { layer: layerNo, n: block, buffer, data: await readAt(layer.fh, start, length, buffer) };
+    }
+    // The consumer asked for this extent, so it is done with the previous block's.
+    walk.give(walk.block?.buffer);
+    walk.block = held;
+    this.readAhead(walk, layerNo, layer, block, segEnd);
+    const data = held.data;
     if (data.length !== length) throw new DataCorruptError(`${layer.path}: ends at ${start + data.length}, before the disk size ${layer.size}`, { data: { file: layer.path, point: layer.point.pointId } });
     if (layer.map) {
       const expected = digestAt(layer.map, block);
@@ -161,21 +246,42 @@ export class DiskReader {
         });
       }
     }
-    this.lastBlock = { block, data };
     return data;
   }
 
-  private async record(layerNo: number, layer: DiffLayer, r: number): Promise<Buffer> {
-    const cached = this.lastRecord.get(layerNo);
-    if (cached?.record === r) return cached.data;
-    const data = await readRecord(layer.fh, layer.index, r, layer.path, layer.point.pointId);
-    this.lastRecord.set(layerNo, { record: r, data });
+  private readAhead(walk: Walk, layerNo: number, layer: BaseLayer, block: number, segEnd: number): void {
+    let next = block + 1;
+    while (next * layer.blockSize < segEnd && isZeroBlock(layer, next)) next++;
+    const start = next * layer.blockSize;
+    if (start >= segEnd) return;
+    const buffer = walk.takeBlockBuffer(layer.blockSize);
+    const ready = readAt(layer.fh, start, Math.min(layer.blockSize, layer.size - start), buffer);
+    ready.catch(() => {}); // observed when used or abandoned; never an unhandled rejection
+    walk.ahead = { layer: layerNo, n: next, buffer, ready };
+  }
+
+  private async record(walk: Walk, layerNo: number, layer: DiffLayer, r: number): Promise<Buffer> {
+    const held = walk.records.get(layerNo);
+    if (held?.n === r) return held.data;
+    const buffer = walk.takeRecordBuffer(layer.index.lengths[r]!);
+    const data = await readRecord(layer.fh, layer.index, r, layer.path, layer.point.pointId, buffer).catch((err: unknown) => {
+      walk.give(buffer);
+      throw err;
+    });
+    walk.give(held?.buffer);
+    walk.records.set(layerNo, { layer: layerNo, n: r, data, buffer });
     return data;
   }
 
   async close(): Promise<void> {
     for (const l of this.layers) if (l.kind !== 'none') await l.fh.close().catch(() => {});
   }
+}
+
+/** The block map records block `block` as all zeros (so it is a hole in the image). */
+function isZeroBlock(layer: BaseLayer, block: number): boolean {
+  if (!layer.map) return false;
+  return digestAt(layer.map, block).equals(zeroDigest(Math.min(layer.blockSize, layer.size - block * layer.blockSize)));
 }
 
 function firstSegmentEndingAfter(segs: Segment[], offset: number): number {
@@ -189,12 +295,12 @@ function firstSegmentEndingAfter(segs: Segment[], offset: number): number {
   return lo;
 }
 
-/** A `w` record's data, checked: header bytes in the diff match the index, data matches its sha256. */
-export async function readRecord(fh: FileHandle, index: DiffIndex, r: number, path: string, pointId: string): Promise<Buffer> {
+/** A `w` record's data, checked: header bytes in the diff match the index, data matches its sha256. Read into `into` when given (see readAt). */
+export async function readRecord(fh: FileHandle, index: DiffIndex, r: number, path: string, pointId: string, into?: Buffer): Promise<Buffer> {
   const offset = index.offsets[r]!;
   const length = index.lengths[r]!;
   const fileOffset = index.fileOffsets[r]!;
-  const buf = await readAt(fh, fileOffset, RECORD_HEADER_BYTES + length);
+  const buf = await readAt(fh, fileOffset, RECORD_HEADER_BYTES + length, into);
   const where = { data: { file: path, point: pointId, record: r, offset } };
   if (buf.length !== RECORD_HEADER_BYTES + length) throw new DataCorruptError(`${path}: truncated inside the record for bytes ${offset}+${length}`, where);
   if (buf.toString('latin1', 0, 1) !== 'w' || Number(buf.readBigUInt64LE(1)) !== offset || Number(buf.readBigUInt64LE(9)) !== length) {

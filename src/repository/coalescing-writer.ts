@@ -8,20 +8,32 @@ import type { FileHandle } from 'node:fs/promises';
 
 export const DEFAULT_WRITE_BUFFER = 8 << 20;
 
+/**
+ * Written bytes after which a datasync is started in the background. The file is fsynced at the
+ * end anyway (FORMAT §9); syncing as it goes makes the disk write back while this thread hashes
+ * instead of all at once at the end (restore of 512 MiB: the final fsync went from ~350 ms to
+ * the last piece's worth).
+ */
+export const DEFAULT_SYNC_EVERY = 64 << 20;
+
 export class CoalescingWriter {
   private readonly buffers: [Buffer, Buffer];
   private current = 0;
   private fill = 0;
   private start = 0;
   private inflight: Promise<void> | undefined;
+  private unsynced = 0;
+  private syncing: Promise<void> | undefined;
+  private syncError: unknown;
   /** Highest offset written so far (end of the last byte + 1). */
   end = 0;
 
   constructor(
     private readonly fh: FileHandle,
     bufferSize = DEFAULT_WRITE_BUFFER,
+    private readonly syncEvery = DEFAULT_SYNC_EVERY,
   ) {
-    this.buffers = [Buffer.allocUnsafe(bufferSize), Buffer.allocUnsafe(bufferSize)];
+    this.buffers = [Buffer.allocUnsafeSlow(bufferSize), Buffer.allocUnsafeSlow(bufferSize)];
   }
 
   async write(offset: number, data: Buffer): Promise<void> {
@@ -32,6 +44,7 @@ export class CoalescingWriter {
       // Too big to gather: write it directly, and wait, because the caller may reuse `data`.
       await this.settle();
       await writeAll(this.fh, data, offset);
+      this.wrote(data.length, Promise.resolve());
     } else {
       if (this.fill === 0) this.start = offset;
       data.copy(this.buffers[this.current]!, this.fill);
@@ -46,14 +59,31 @@ export class CoalescingWriter {
     await this.settle();
     const buf = this.buffers[this.current]!.subarray(0, this.fill);
     this.inflight = writeAll(this.fh, buf, this.start);
+    this.wrote(buf.length, this.inflight);
     this.current ^= 1;
     this.fill = 0;
   }
 
-  /** Flushes and waits until everything handed over is in the file (not yet fsynced). */
+  /** Starts a background datasync once `syncEvery` bytes were written since the last one. */
+  private wrote(bytes: number, written: Promise<void>): void {
+    this.unsynced += bytes;
+    if (this.syncEvery <= 0 || this.unsynced < this.syncEvery || this.syncing) return;
+    this.unsynced = 0;
+    this.syncing = written
+      .then(() => this.fh.datasync())
+      .catch((err: unknown) => void (this.syncError ??= err))
+      .finally(() => (this.syncing = undefined));
+  }
+
+  /**
+   * Flushes and waits until everything handed over is in the file (not necessarily durable:
+   * the caller fsyncs). A background datasync's failure is thrown here.
+   */
   async close(): Promise<void> {
     await this.flush();
     await this.settle();
+    await this.syncing;
+    if (this.syncError) throw this.syncError;
   }
 
   private async settle(): Promise<void> {
@@ -71,9 +101,13 @@ export async function writeAll(fh: FileHandle, data: Buffer, position: number): 
   }
 }
 
-/** Reads exactly `length` bytes at `position` (fewer only at end of file). */
-export async function readAt(fh: FileHandle, position: number, length: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
+/**
+ * Reads exactly `length` bytes at `position` (fewer only at end of file), into `into` when
+ * given (it must hold `length` bytes; the result is a view of it), else into a new buffer.
+ */
+export async function readAt(fh: FileHandle, position: number, length: number, into?: Buffer): Promise<Buffer> {
+  if (into && into.length < length) throw new RangeError(`readAt: ${length} bytes do not fit a ${into.length}-byte buffer`);
+  const buf = into ? into.subarray(0, length) : Buffer.allocUnsafe(length);
   let done = 0;
   while (done < length) {
     const { bytesRead } = await fh.read(buf, done, length - done, position + done);

@@ -27,6 +27,17 @@ export function zeros(length: number): Buffer {
 }
 
 /**
+ * isZero of data[start, end), with its first bytes looked at here first: a data granule almost
+ * always has a non-zero byte among them, and then no view and no memcmp call is made (about a
+ * quarter million granules per GiB).
+ */
+function granuleIsZero(data: Buffer, start: number, end: number): boolean {
+  const probe = Math.min(end, start + 16);
+  for (let i = start; i < probe; i++) if (data[i] !== 0) return false;
+  return isZero(data.subarray(start, end));
+}
+
+/**
  * Splits a data extent into runs of data and zeros at ZERO_GRANULE boundaries (absolute disk
  * offsets), so that zero pages inside data are never stored as bytes. Adjacent runs of the same
  * kind are merged; the data runs are views of the input buffer (no copy).
@@ -42,7 +53,7 @@ export function* splitZeroRuns(extent: Extent): Generator<Extent> {
   let pos = 0;
   while (pos < data.length) {
     const next = Math.min(data.length, pos + ZERO_GRANULE - ((offset + pos) % ZERO_GRANULE));
-    const zero = isZero(data.subarray(pos, next));
+    const zero = granuleIsZero(data, pos, next);
     if (runZero !== undefined && zero !== runZero) {
       yield runZero ? { offset: offset + runStart, length: pos - runStart } : { offset: offset + runStart, length: pos - runStart, data: data.subarray(runStart, pos) };
       runStart = pos;

@@ -11,10 +11,11 @@ import { DataCorruptError, throwIfAborted, UsageError } from '../errors.js';
 import { blockCount, digestAt, parseBlockMap, zeroDigest } from './block-map.js';
 import { openBaseLayer, openDiffLayer, readRecord } from './chain-reader.js';
 import { readAt, writeAll } from './coalescing-writer.js';
-import type { StepHook } from './disk-writers.js';
+import { MAX_RECORD_BYTES, type StepHook } from './disk-writers.js';
 import { fsyncDir, writeFileDurable } from './durable.js';
 import { isZero, zeros } from './extents.js';
 import { diskFiles, layout, MANIFEST, SUMS } from './layout.js';
+import { RECORD_HEADER_BYTES } from './rbd-diff.js';
 import { sealManifest, toJson, type DiskEntry, type MergeJournal, type PointManifest } from './manifest.js';
 import type { ChainInfo, PointInfo, Repository } from './repository.js';
 import { formatSums } from './sums.js';
@@ -42,6 +43,18 @@ async function exists(p: string): Promise<boolean> {
     () => true,
     () => false,
   );
+}
+
+/**
+ * One buffer for the records of a merge, each used up before the next is read (fresh
+ * multi-MiB buffers fault in every page); a record larger than ours gets its own.
+ */
+function recordBuffers(): (length: number) => Buffer | undefined {
+  let buffer: Buffer | undefined;
+  return (length) => {
+    if (length > MAX_RECORD_BYTES) return undefined;
+    return (buffer ??= Buffer.allocUnsafeSlow(RECORD_HEADER_BYTES + MAX_RECORD_BYTES));
+  };
 }
 
 /** Merges under the VM's lock; an unfinished merge of the chain is finished first. */
@@ -96,6 +109,7 @@ async function checkInputs(base: PointInfo, diffs: PointInfo[], opts: MergeOptio
     const disk = base.manifest.disks.find((d) => d.key === key);
     const touched = new Set<number>();
     const bs = base.manifest.blockSize;
+    const recordBuffer = recordBuffers();
     for (const p of diffs) {
       const entry = p.manifest.disks.find((d) => d.key === key);
       if (!entry) continue;
@@ -103,7 +117,7 @@ async function checkInputs(base: PointInfo, diffs: PointInfo[], opts: MergeOptio
       try {
         for (let r = 0; r < layer.index.count; r++) {
           throwIfAborted(opts.signal);
-          if (layer.index.isData(r)) await readRecord(layer.fh, layer.index, r, layer.path, p.pointId);
+          if (layer.index.isData(r)) await readRecord(layer.fh, layer.index, r, layer.path, p.pointId, recordBuffer(layer.index.lengths[r]!));
           const s = layer.index.offsets[r]!;
           const e = Math.min(s + layer.index.lengths[r]!, disk?.size ?? 0);
           for (let b = Math.floor(s / bs); b * bs < e; b++) touched.add(b);
@@ -114,10 +128,11 @@ async function checkInputs(base: PointInfo, diffs: PointInfo[], opts: MergeOptio
     }
     if (!disk) continue;
     const layer = await openBaseLayer(base, disk, { checkMap: true });
+    const buffer = Buffer.allocUnsafeSlow(bs); // each block is checked before the next is read
     try {
       for (const b of [...touched].sort((x, y) => x - y)) {
         const len = Math.min(bs, disk.size - b * bs);
-        const data = await readAt(layer.fh, b * bs, len);
+        const data = await readAt(layer.fh, b * bs, len, buffer);
         const expected = digestAt(layer.map!, b);
         const ok = data.length === len && (expected.equals(zeroDigest(len)) ? isZero(data) : createHash('sha256').update(data).digest().equals(expected));
         if (!ok) throw new DataCorruptError(`${layer.path}: block ${b} does not match the block map; not merging`, { data: { file: layer.path, point: base.pointId } });
@@ -190,6 +205,7 @@ async function applyDisk(base: PointInfo, diffs: PointInfo[], key: string, opts:
     return open(rawPath, 'r+');
   });
   const touched = new Set<number>();
+  const recordBuffer = recordBuffers();
   let minSize = baseDisk?.size ?? 0;
   let size = baseDisk?.size ?? 0;
   try {
@@ -206,7 +222,8 @@ async function applyDisk(base: PointInfo, diffs: PointInfo[], key: string, opts:
           const off = layer.index.offsets[r]!;
           const len = layer.index.lengths[r]!;
           if (layer.index.isData(r)) {
-            await writeAll(fh, await readRecord(layer.fh, layer.index, r, layer.path, p.pointId), off);
+            // Written (and awaited) before the next record is read into the same buffer.
+            await writeAll(fh, await readRecord(layer.fh, layer.index, r, layer.path, p.pointId, recordBuffer(len)), off);
           } else {
             for (let done = 0; done < len; done += 1 << 20) await writeAll(fh, zeros(Math.min(1 << 20, len - done)), off + done);
           }
@@ -223,13 +240,14 @@ async function applyDisk(base: PointInfo, diffs: PointInfo[], key: string, opts:
     const oldMap = baseDisk ? parseBlockMap(await readFile(join(base.dir, baseDisk.blockMap!), 'latin1'), baseDisk.size, bs, key) : Buffer.alloc(0);
     const lines: string[] = [];
     const n = blockCount(size, bs);
+    const buffer = Buffer.allocUnsafeSlow(bs); // each block is hashed before the next is read
     for (let b = 0; b < n; b++) {
       const len = Math.min(bs, size - b * bs);
       if (!touched.has(b) && (b + 1) * bs <= minSize && b * 32 < oldMap.length) {
         lines.push(`${digestAt(oldMap, b).toString('hex')}\n`);
         continue;
       }
-      const data = await readAt(fh, b * bs, len);
+      const data = await readAt(fh, b * bs, len, buffer);
       lines.push(`${(isZero(data) ? zeroDigest(len) : createHash('sha256').update(data).digest()).toString('hex')}\n`);
     }
     const text = lines.join('');

@@ -44,7 +44,9 @@ export async function restoreToRawFile(reader: DiskReader, path: string, ctx: Re
     const writer = new CoalescingWriter(file.handle);
     let dataBytes = 0;
     let reported = 0;
-    for await (const e of reader.extents({ signal: ctx.signal })) {
+    // The writer copies what it gathers and waits for what it writes directly, so the reader
+    // may recycle its buffers.
+    for await (const e of reader.extents({ signal: ctx.signal, reuseBuffers: true })) {
       for (const run of splitZeroRuns(e)) {
         if (!run.data) continue;
         await writer.write(run.offset, run.data);
@@ -129,6 +131,7 @@ export class StreamTarget implements RestoreTarget {
         throw broken(err as Error);
       }
     };
+    // No reuseBuffers: a stream may keep a written buffer queued after write() returns.
     for await (const e of reader.extents({ signal: ctx.signal })) {
       if (e.data) {
         await write(e.data);
