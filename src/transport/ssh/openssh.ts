@@ -48,6 +48,8 @@ export type DataChannelMode = 'auto' | 'openssh' | 'ssh2';
 export interface OpenSshTarget {
   /** For messages: "root@127.0.0.1:2222 (hv1)". */
   where: string;
+  /** The inventory name, for channel descriptions ("ssh hv1 → unix:… (openssh)"). */
+  name: string;
   host: string;
   port: number;
   username: string;
@@ -126,7 +128,7 @@ export class OpenSshForward {
   }
 
   get description(): string {
-    return `openssh ${this.target.where} → unix:${this.remotePath}`;
+    return `ssh ${this.target.name} → unix:${this.remotePath} (openssh)`;
   }
 
   /** The ssh process id while one runs (tests check it is gone after close). */
@@ -226,7 +228,8 @@ export class OpenSshForward {
       ...o('ExitOnForwardFailure', 'yes'),
       ...o('StreamLocalBindMask', '0177'),
       ...o('StreamLocalBindUnlink', 'yes'),
-      ...o('LogLevel', 'ERROR'),
+      // INFO, not ERROR: a channel the far side refuses ("open failed") is logged at INFO.
+      ...o('LogLevel', 'INFO'),
       '-L', `${local}:${this.remotePath}`,
       '--', HOST_ALIAS,
       // Listeners are bound before the session opens, so this line means the socket is there.
@@ -312,7 +315,7 @@ export class OpenSshForward {
 
   private exitError(launch: Launch, code: number | null, sig: string | null): Error {
     const tail = launch.stderrTail;
-    const why = tail.trim().split('\n').filter((l) => l.trim()).slice(-3).join(' / ');
+    const why = lastLines(tail);
     if (/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|No \S+ host key is known/i.test(tail)) {
       return new AuthError(
         `${this.target.where}: OpenSSH refused the host key of the data channel: the host did not present the key pinned for it (${sha256Fingerprint(this.target.hostKey)}, ${keyBlobType(this.target.hostKey)})`,
@@ -345,14 +348,29 @@ export class OpenSshForward {
             sink.onData(chunk);
           },
           onClose: (err) => {
-            if (received || err) {
+            if (err) {
+              // The local socket only fails when ssh does: say so, with ssh's own words.
+              void exitOf(launch, 500).then((exit) => {
+                release();
+                const why = exit ? `${exit}${lastLines(launch.stderrTail) ? `: ${lastLines(launch.stderrTail)}` : ''}` : err.message;
+                sink.onClose(new UnavailableError(`connection ${this.description} failed: ${why}`, { cause: err }));
+              });
+              return;
+            }
+            if (received) {
               release();
-              sink.onClose(err);
+              sink.onClose();
               return;
             }
             void openFailureSince(launch, failuresBefore, 500).then((failure) => {
               release();
-              sink.onClose(failure ? new UnavailableError(`cannot open unix socket ${this.remotePath} on ${this.target.where}: ${failure}`) : undefined);
+              sink.onClose(
+                failure
+                  ? new UnavailableError(`cannot open unix socket ${this.remotePath} on ${this.target.where}: the host refused the forwarded connection (ssh: ${failure})`, {
+                      hint: 'is the NBD server (qemu-nbd or the backup job) still running on the hypervisor?',
+                    })
+                  : undefined,
+              );
             });
           },
         });
@@ -388,6 +406,23 @@ async function stopLaunch(launch: Launch): Promise<void> {
     clearTimeout(timer);
   }
   rmSync(launch.dir, { recursive: true, force: true });
+}
+
+/** "ssh was killed by SIGKILL" once the process is gone (waiting up to `ms`), else undefined. */
+async function exitOf(launch: Launch, ms: number): Promise<string | undefined> {
+  const { child } = launch;
+  if (child.exitCode === null && child.signalCode === null) {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([launch.exited, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+    clearTimeout(timer);
+  }
+  if (child.signalCode) return `ssh was killed by ${child.signalCode}`;
+  if (child.exitCode !== null) return `ssh exited with status ${child.exitCode}`;
+  return undefined;
+}
+
+function lastLines(text: string): string {
+  return text.trim().split('\n').filter((l) => l.trim()).slice(-3).join(' / ');
 }
 
 /** ssh's explanation of a refused channel that arrived after `mark`, waiting up to `ms` for it. */

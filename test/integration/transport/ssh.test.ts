@@ -302,19 +302,23 @@ function compare(extents: Extent[], reference: Buffer): void {
   expect(end).toBe(reference.length);
 }
 
-describe('NBD through SSH forwarding', () => {
+describe.each(['auto', 'ssh2'] as const)('NBD through SSH forwarding (data channel %s)', (dataChannel) => {
+  let pool: SshPool;
   let disk: QemuDisk;
   let server: QemuNbdServer;
   let tcp: { pid: number; port: number; stop(): Promise<void> } | undefined;
 
   beforeAll(async () => {
     requireLab('hypervisor');
+    // auto: OpenSSH carries the unix-socket data (openssh.test.ts covers it in depth); ssh2: the fallback.
+    pool = new SshPool({ env, connectTimeoutMs: 10_000, dataChannel });
     disk = makeQemuDisk();
     // The lab's sshd runs on this machine, so the "remote" socket path is a local one.
     server = await startQemuNbd(disk.top, join(disk.dir, 'nbd.sock'), ['-B', disk.bitmap, '--shared=4']);
   });
 
   afterAll(async () => {
+    await pool?.close();
     await tcp?.stop();
     await server?.stop();
     disk?.cleanup();
@@ -324,6 +328,7 @@ describe('NBD through SSH forwarding', () => {
     const conn = await pool.connection(hv);
     const session = await NbdSession.open(conn.nbdDialer({ path: server.socket }), { exportName: '', metaContexts: FULL_READ_CONTEXTS });
     expect(session.description).toMatch(/^ssh hv1 → unix:/);
+    expect(session.description.endsWith('(openssh)')).toBe(dataChannel === 'auto');
     const counters = newCounters();
     const extents = await collect(readFull(session, { counters }));
     await session.close();
