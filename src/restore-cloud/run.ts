@@ -14,11 +14,11 @@
  * the run's own was cut by Ctrl-C — and what could not be removed is named in the error with
  * the command that removes it.
  */
-import { errorMessage, ExitCode, throwIfAborted, UsageError, VprotectError } from '../errors.js';
+import { errorMessage, ExitCode, InterruptedError, throwIfAborted, UsageError, VprotectError } from '../errors.js';
 import type { Inventory } from '../inventory/types.js';
 import type { EventSink, Logger } from '../log.js';
 import type { Cloud } from '../openstack/cloud.js';
-import { planRestore, serverSpecFor, type RestoreMapping, type RestorePlan, type RestoreStep, type VmMetadata } from '../openstack/plan.js';
+import { planRestore, serverSpecFor, uploadableImageProperties, type RestoreMapping, type RestorePlan, type RestoreStep, type VmMetadata } from '../openstack/plan.js';
 import { createServer, createVolume, deleteImage, ensureKeypair, setVolumeBootable, setVolumeImageMetadata } from '../openstack/restore.js';
 import { openDiskReader } from '../repository/chain-reader.js';
 import type { PointInfo, Repository } from '../repository/repository.js';
@@ -141,7 +141,7 @@ export async function restoreToCloud(req: RestoreCloudRequest): Promise<RestoreC
           volumeType: v.volumeType,
           availabilityZone: v.availabilityZone,
           description: `restored by vprotect from point ${point.pointId} of ${meta.server.name} (${v.disk})`,
-          metadata: { vprotect_point: point.pointId, vprotect_source: v.disk },
+          metadata: { vprotect_point: point.pointId, vprotect_source: v.disk, vprotect_server: plan.steps.find((x) => x.action === 'create-server')?.name ?? '' },
         },
         wait,
         { onCreated: (id) => ledger.add({ kind: 'volume', id, name: v.name, disk: v.disk }) },
@@ -155,7 +155,7 @@ export async function restoreToCloud(req: RestoreCloudRequest): Promise<RestoreC
       if (boot) {
         await setVolumeBootable(target, created.id);
         const original = meta.volumes.find((x) => `volume-${x.id}` === v.disk);
-        await setVolumeImageMetadata(target, created.id, original?.imageMetadata ?? {});
+        await setVolumeImageMetadata(target, created.id, uploadableImageProperties(original?.imageMetadata ?? {}));
       }
       volumes.push({ disk: v.disk, sourceDisk: src.key, id: created.id, name: v.name, sizeGb: v.sizeGb, boot, rbd: `${location.clusterName}:${location.pool}/${location.image}`, dataBytes: w.dataBytes });
     }
@@ -248,7 +248,9 @@ function sizesOf(req: RestoreCloudRequest): { mapping: ReturnType<typeof mapDisk
 }
 
 /** Removes what the run made; the error says what was removed and what is left. */
-async function undo(err: unknown, step: string, ledger: Ledger, req: RestoreCloudRequest, target: Cloud, projectId: string | undefined): Promise<RestoreCloudError> {
+async function undo(failure: unknown, step: string, ledger: Ledger, req: RestoreCloudRequest, target: Cloud, projectId: string | undefined): Promise<RestoreCloudError> {
+  // Ctrl-C surfaces as whatever it cut (a broken upload, a failed request): report the signal.
+  const err = req.signal?.aborted ? (req.signal.reason instanceof VprotectError ? req.signal.reason : new InterruptedError()) : failure;
   if (!ledger.made.length) return new RestoreCloudError(err, step, [], []);
   req.log.warn(`restore failed at ${step} (${errorMessage(err)}); removing what it made: ${ledger.made.map(describeMade).join(', ')}`);
   let cloud: Cloud | undefined = target;
