@@ -19,9 +19,24 @@ export interface ChannelSink {
   onClose(err?: Error): void;
 }
 
+/**
+ * Read pacing a carrier asks for. Through SSH, requesting more than about one channel window
+ * only queues replies at the far end: measured on the lab (256 MiB, qemu-nbd, both ssh2 and
+ * OpenSSH), ~1 MiB in flight read 1.5–3× faster than the 32 MiB a local socket wants.
+ */
+export interface ReadPacing {
+  maxBytesInFlight: number;
+  maxRequestBytes: number;
+}
+
+/** Pacing for any SSH-forwarded channel: half of the 2 MiB channel window both ends use. */
+export const SSH_PACING: ReadPacing = { maxBytesInFlight: 1024 * 1024, maxRequestBytes: 256 * 1024 };
+
 export interface ByteChannel {
   /** Where it goes, for error messages: "unix:/run/x.sock", "ssh hv1 → unix:/tmp/b.sock". */
   readonly description: string;
+  /** How the carrier wants to be read, when it has limits of its own (SSH); readers default to it. */
+  readonly pacing?: ReadPacing;
   /** Starts delivering bytes to `sink` (bytes that arrived earlier are delivered first). */
   attach(sink: ChannelSink): void;
   write(data: Buffer): void;
@@ -65,7 +80,7 @@ class SinkRelay {
 }
 
 /** Wraps any Duplex (an ssh2 channel, a test stream); its chunks are fresh buffers. */
-export function channelFromStream(stream: Duplex, description: string): ByteChannel {
+export function channelFromStream(stream: Duplex, description: string, pacing?: ReadPacing): ByteChannel {
   const relay = new SinkRelay();
   stream.on('data', (chunk: Buffer) => relay.data(chunk));
   stream.on('end', () => relay.close());
@@ -73,6 +88,7 @@ export function channelFromStream(stream: Duplex, description: string): ByteChan
   stream.on('error', (err: Error) => relay.close(err));
   return {
     description,
+    ...(pacing ? { pacing } : {}),
     attach: (sink) => relay.attach(sink),
     write: (data) => {
       if (!stream.destroyed && stream.writable) stream.write(data);

@@ -12,7 +12,7 @@
  */
 import { UnavailableError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import type { ByteChannel, ChannelSink } from './channel.js';
+import type { ByteChannel, ChannelSink, ReadPacing } from './channel.js';
 import { NbdProtocolError, NbdServerError } from './errors.js';
 import { ByteQueue, negotiate, type ExportInfo, type HandshakeOptions } from './handshake.js';
 import {
@@ -95,6 +95,8 @@ export async function openNbdConnection(channel: ByteChannel, options: NbdConnec
 export class NbdConnection {
   readonly info: ExportInfo;
   readonly description: string;
+  /** The channel's read pacing, if it asked for one. */
+  readonly pacing: ReadPacing | undefined;
   /** Exposed for openNbdConnection: where the channel's bytes go after negotiation. */
   readonly sink: ChannelSink;
 
@@ -134,6 +136,7 @@ export class NbdConnection {
     this.channel = channel;
     this.info = info;
     this.description = channel.description;
+    this.pacing = channel.pacing;
     for (const [name, id] of info.contexts) this.contextNames.set(id, name);
     this.sink = {
       onData: (chunk) => this.feed(chunk),

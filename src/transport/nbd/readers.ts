@@ -22,13 +22,14 @@ import type { NbdSource } from './session.js';
 
 export interface ExtentReaderOptions {
   /**
-   * Largest single READ (default 512 KiB; never more than the server's maximum). Adjacent
+   * Largest single READ (default: the channel's pacing, e.g. 256 KiB through SSH, else 512 KiB;
+   * never more than the server's maximum). Adjacent
    * ranges are joined up to this size. Measured against qemu-nbd (1 GiB raw, unix socket):
    * 256–512 KiB reads ~560 MiB/s, 1 MiB ~220–350, 4 MiB ~170, 8 MiB ~140 — qemu serves one
    * big request at a time, many medium ones in parallel.
    */
   maxRequestBytes?: number;
-  /** Bytes requested and not yet handed to the consumer (default 64 MiB). */
+  /** Bytes requested and not yet handed to the consumer (default: the channel's pacing, e.g. 1 MiB per SSH channel, else 64 MiB). */
   maxBytesInFlight?: number;
   /** READ requests in flight (default 64). */
   maxRequestsInFlight?: number;
@@ -136,12 +137,13 @@ interface Limits {
 
 function resolveLimits(source: NbdSource, o: ExtentReaderOptions): Limits {
   const { minBlock, maxBlock } = source.info;
-  let maxRequest = Math.min(o.maxRequestBytes ?? 512 * 1024, maxBlock);
+  const pacing = source.pacing;
+  let maxRequest = Math.min(o.maxRequestBytes ?? pacing?.maxRequestBytes ?? 512 * 1024, maxBlock);
   maxRequest = Math.max(minBlock, Math.floor(maxRequest / minBlock) * minBlock);
   return {
     maxRequest,
     // Never below one request, or nothing could ever be in flight.
-    maxBytes: Math.max(o.maxBytesInFlight ?? 64 * 1024 * 1024, maxRequest),
+    maxBytes: Math.max(o.maxBytesInFlight ?? pacing?.maxBytesInFlight ?? 64 * 1024 * 1024, maxRequest),
     maxReads: Math.max(1, o.maxRequestsInFlight ?? 64),
     zeroBlock: o.zeroBlockSize ?? 64 * 1024,
   };

@@ -6,7 +6,7 @@
  */
 import { UnavailableError, errorMessage } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import type { ByteChannel } from './channel.js';
+import type { ByteChannel, ReadPacing } from './channel.js';
 import { openNbdConnection, type BlockStatus, type ExportInfo, type NbdConnection, type NbdConnectionOptions } from './client.js';
 
 /** Opens one more byte channel to the same export (a socket, an SSH forwarding channel …). */
@@ -17,6 +17,8 @@ export interface NbdSource {
   readonly info: ExportInfo;
   /** Where the export is, for error messages. */
   readonly description: string;
+  /** What the readers default to when the carrier has limits (SSH): total over all connections. */
+  readonly pacing?: ReadPacing | undefined;
   /** Reads into `into` when given (a view of it is returned), else into a new buffer. */
   read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
   blockStatus(offset: number, length: number): Promise<BlockStatus>;
@@ -65,6 +67,12 @@ export class NbdSession implements NbdSource {
 
   get info(): ExportInfo {
     return this.connections[0]!.info;
+  }
+
+  /** The first connection's pacing, with bytes in flight scaled by the number of connections. */
+  get pacing(): ReadPacing | undefined {
+    const p = this.connections[0]!.pacing;
+    return p ? { ...p, maxBytesInFlight: p.maxBytesInFlight * this.connections.length } : undefined;
   }
 
   /** How many connections carry reads. */

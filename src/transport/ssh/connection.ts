@@ -15,7 +15,7 @@ import type { AnyAuthMethod, ClientChannel, ConnectConfig } from 'ssh2';
 import { AuthError, ConfigError, InterruptedError, UnavailableError, VprotectError, errorMessage } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import { CommandFailedError } from '../command.js';
-import { channelFromStream, type ByteChannel } from '../nbd/channel.js';
+import { channelFromStream, SSH_PACING, type ByteChannel } from '../nbd/channel.js';
 import type { NbdDialer } from '../nbd/session.js';
 import { describeArgv, shellJoin } from '../quote.js';
 import { Semaphore } from '../semaphore.js';
@@ -313,9 +313,9 @@ export class SshConnection {
    */
   nbdDialer(remote: { path: string } | { host: string; port: number }): NbdDialer {
     if (!('path' in remote)) {
-      return async () => channelFromStream(await this.forwardTcp(remote.host, remote.port), `ssh ${this.target.name} → tcp:${remote.host}:${remote.port}`);
+      return async () => channelFromStream(await this.forwardTcp(remote.host, remote.port), `ssh ${this.target.name} → tcp:${remote.host}:${remote.port}`, SSH_PACING);
     }
-    const viaSsh2 = async () => channelFromStream(await this.forwardUnixSocket(remote.path), `ssh ${this.target.name} → unix:${remote.path}`);
+    const viaSsh2 = async () => channelFromStream(await this.forwardUnixSocket(remote.path), `ssh ${this.target.name} → unix:${remote.path}`, SSH_PACING);
     let forward: OpenSshForward | undefined;
     return async (): Promise<ByteChannel> => {
       if (this.lost) throw this.lost;
@@ -344,6 +344,7 @@ export class SshConnection {
     const forward = new OpenSshForward(
       {
         where: this.where,
+        name: t.name,
         host: t.host,
         port: t.port,
         username: t.username,

@@ -36,7 +36,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { AuthError, ConfigError, InterruptedError, UnavailableError, VprotectError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import { connectSocketChannel, type ByteChannel, type ChannelSink } from '../nbd/channel.js';
+import { connectSocketChannel, SSH_PACING, type ByteChannel, type ChannelSink } from '../nbd/channel.js';
 import { keyBlobType, sha256Fingerprint } from './host-keys.js';
 
 export const DEFAULT_OPENSSH_BINARY = '/usr/bin/ssh';
@@ -340,6 +340,7 @@ export class OpenSshForward {
     };
     return {
       description: this.description,
+      pacing: SSH_PACING,
       attach: (sink: ChannelSink) => {
         let received = false;
         channel.attach({
