@@ -16,6 +16,7 @@ import { MAX_RECORD_BYTES } from './disk-writers.js';
 import { DiffIndex, loadDiffIndex } from './diff-index.js';
 import { isZero, type Extent } from './extents.js';
 import type { DiskEntry } from './manifest.js';
+import { sha256Off } from './hash-worker.js';
 import { encodePreamble, RECORD_HEADER_BYTES } from './rbd-diff.js';
 import type { PointInfo, Repository } from './repository.js';
 
@@ -106,6 +107,8 @@ interface Held {
   n: number;
   data: Buffer;
   buffer: Buffer | undefined;
+  /** sha256 of `data`, when computed ahead (on the hash worker). */
+  digest?: Buffer;
 }
 
 /**
@@ -116,7 +119,7 @@ interface Held {
  */
 class Walk {
   block: Held | undefined;
-  ahead: (Omit<Held, 'data'> & { ready: Promise<Buffer> }) | undefined;
+  ahead: (Omit<Held, 'data'> & { ready: Promise<{ data: Buffer; digest?: Buffer }> }) | undefined;
   readonly records = new Map<number, Held>();
   private readonly blockPools = new Map<number, BufferPool>();
   private readonly recordPool: BufferPool | undefined;
@@ -128,7 +131,8 @@ class Walk {
   takeBlockBuffer(size: number): Buffer | undefined {
     if (!this.reuse) return undefined;
     let pool = this.blockPools.get(size);
-    if (!pool) this.blockPools.set(size, (pool = new BufferPool(size, 2)));
+    // Shared memory: the hash worker reads the block where it was read to.
+    if (!pool) this.blockPools.set(size, (pool = new BufferPool(size, 2, true)));
     return pool.take();
   }
 
@@ -225,7 +229,7 @@ export class DiskReader {
     const ahead = walk.ahead;
     if (ahead?.layer === layerNo && ahead.n === block) {
       walk.ahead = undefined;
-      held = { layer: ahead.layer, n: ahead.n, buffer: ahead.buffer, data: await ahead.ready };
+      held = { layer: ahead.layer, n: ahead.n, buffer: ahead.buffer, ...(await ahead.ready) };
     } else {
       await walk.abandonAhead();
       const buffer = walk.takeBlockBuffer(layer.blockSize);
@@ -239,7 +243,7 @@ export class DiskReader {
     if (data.length !== length) throw new DataCorruptError(`${layer.path}: ends at ${start + data.length}, before the disk size ${layer.size}`, { data: { file: layer.path, point: layer.point.pointId } });
     if (layer.map) {
       const expected = digestAt(layer.map, block);
-      const ok = expected.equals(zeroDigest(length)) ? isZero(data) : createHash('sha256').update(data).digest().equals(expected);
+      const ok = expected.equals(zeroDigest(length)) ? isZero(data) : (held.digest ?? createHash('sha256').update(data).digest()).equals(expected);
       if (!ok) {
         throw new DataCorruptError(`${layer.path}: block ${block} (bytes ${start}–${start + length - 1}) does not match the block map of point ${layer.point.pointId}`, {
           data: { file: layer.path, point: layer.point.pointId, block },
@@ -255,7 +259,10 @@ export class DiskReader {
     const start = next * layer.blockSize;
     if (start >= segEnd) return;
     const buffer = walk.takeBlockBuffer(layer.blockSize);
-    const ready = readAt(layer.fh, start, Math.min(layer.blockSize, layer.size - start), buffer);
+    const length = Math.min(layer.blockSize, layer.size - start);
+    // Read, then hash on the worker (shared buffers only): both while this thread hands out
+    // the current block. A short read is hashed too; the length check rejects it anyway.
+    const ready = readAt(layer.fh, start, length, buffer).then(async (data) => (buffer && layer.map ? { data, digest: await sha256Off(data) } : { data }));
     ready.catch(() => {}); // observed when used or abandoned; never an unhandled rejection
     walk.ahead = { layer: layerNo, n: next, buffer, ready };
   }

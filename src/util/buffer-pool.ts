@@ -21,10 +21,13 @@ export class BufferPool {
   /**
    * @param bufferSize bytes of every buffer the pool hands out
    * @param maxFree buffers kept for reuse; more given back are dropped (bounds idle memory)
+   * @param shared back the buffers with SharedArrayBuffers, so a worker thread can read them
+   *   without a copy (hashing off the main thread)
    */
   constructor(
     readonly bufferSize: number,
     readonly maxFree = 4,
+    readonly shared = false,
   ) {
     if (!Number.isSafeInteger(bufferSize) || bufferSize <= 0) throw new RangeError(`buffer pool: bad buffer size ${bufferSize}`);
     if (!Number.isSafeInteger(maxFree) || maxFree < 0) throw new RangeError(`buffer pool: bad maxFree ${maxFree}`);
@@ -36,7 +39,7 @@ export class BufferPool {
     if (buf) return buf;
     this.allocated++;
     // Its own ArrayBuffer (never a slice of Node's shared pool), so giving it back is exact.
-    return Buffer.allocUnsafeSlow(this.bufferSize);
+    return this.shared ? Buffer.from(new SharedArrayBuffer(this.bufferSize)) : Buffer.allocUnsafeSlow(this.bufferSize);
   }
 
   /**

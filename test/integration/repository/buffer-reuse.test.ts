@@ -4,14 +4,17 @@
  * extent is asked for, so any consumer that keeps a reference past that point stores or returns
  * garbage, and the byte comparison after restore fails.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DataCorruptError } from '../../../src/errors.js';
 import { openDiskReader } from '../../../src/repository/chain-reader.js';
+import { sha256Off } from '../../../src/repository/hash-worker.js';
 import type { Extent } from '../../../src/repository/extents.js';
 import { openRepository, type Repository } from '../../../src/repository/repository.js';
 import { restoreToRawFile } from '../../../src/repository/restore.js';
 import { rebuildBlockMaps } from '../../../src/repository/verify.js';
+import { createHash } from 'node:crypto';
 import { rng, SimDisk, tempDir } from './helpers.js';
 
 let dir: { path: string; cleanup: () => Promise<void> };
@@ -125,5 +128,45 @@ describe('recycled buffers cannot corrupt data', () => {
     const full = [...expected.keys()][0]!;
     const { problems } = await rebuildBlockMaps(repo, await repo.findPoint(full), {});
     expect(problems).toEqual([]);
+  });
+
+  it('a flipped byte is caught whether its block is read first, read ahead or last (the worker-hashed path)', async () => {
+    const rand = rng(21);
+    const blockSize = 65536;
+    const disk = new SimDisk(16 * blockSize + 100, rand);
+    disk.write(0, disk.size); // every block has data, so every block is read and checked
+    const repo = await openRepository(join(dir.path, 'repo'), { create: true, blockSize });
+    const w = await repo.beginPoint({ vmId: 'vm-1', level: 'full' });
+    await w.writeDisk({ key: 'vda', size: disk.size }, scribbling(disk.fullExtents(100_000)));
+    const point = await repo.findPoint((await w.commit()).pointId);
+    const raw = join(point.dir, 'disks', 'vda.raw');
+    const clean = await readFile(raw);
+    for (const block of [0, 1, 7, 16]) {
+      const bad = Buffer.from(clean);
+      bad[block * blockSize + 50]! ^= 0x10;
+      await writeFile(raw, bad);
+      const reader = await openDiskReader(repo, point, 'vda');
+      const out = join(dir.path, `bad-${block}.raw`);
+      try {
+        await expect(restoreToRawFile(reader, out, {})).rejects.toThrow(DataCorruptError);
+        await expect(restoreToRawFile(reader, out, {})).rejects.toThrow(new RegExp(`block ${block} `));
+      } finally {
+        await reader.close();
+      }
+      await expect(stat(out)).rejects.toThrow(/ENOENT/); // no plausible file left behind
+    }
+    await writeFile(raw, clean);
+    expect((await restoreBytes(repo, point.pointId, 'vda')).equals(disk.snapshot())).toBe(true);
+  });
+
+  it('sha256 on the worker (shared memory) and on this thread agree', async () => {
+    const plain = Buffer.from('vprotect '.repeat(100_000));
+    const sharedBuf = Buffer.from(new SharedArrayBuffer(plain.length + 10)).subarray(5, 5 + plain.length);
+    plain.copy(sharedBuf);
+    const want = createHash('sha256').update(plain).digest();
+    expect((await sha256Off(sharedBuf)).equals(want)).toBe(true);
+    expect((await sha256Off(plain)).equals(want)).toBe(true);
+    const many = await Promise.all([0, 1, 2, 3].map((i) => sha256Off(sharedBuf.subarray(i * 1000, i * 1000 + 4096))));
+    many.forEach((d, i) => expect(d.equals(createHash('sha256').update(plain.subarray(i * 1000, i * 1000 + 4096)).digest())).toBe(true));
   });
 });

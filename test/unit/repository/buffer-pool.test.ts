@@ -29,6 +29,14 @@ describe('BufferPool', () => {
     expect(() => pool.give(a)).toThrow(/twice/);
   });
 
+  it('can back its buffers with SharedArrayBuffers (for worker threads) and still takes them back', () => {
+    const pool = new BufferPool(8192, 1, true);
+    const a = pool.take();
+    expect(a.buffer).toBeInstanceOf(SharedArrayBuffer);
+    pool.give(a);
+    expect(pool.take()).toBe(a);
+  });
+
   it('refuses a bad size', () => {
     expect(() => new BufferPool(0)).toThrow(RangeError);
     expect(() => new BufferPool(4096, -1)).toThrow(RangeError);
