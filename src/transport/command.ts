@@ -3,7 +3,7 @@
  * argument can be reinterpreted. Failures become VprotectErrors whose message carries the tail
  * of stderr, because that is where every one of those tools explains itself.
  */
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
 import { InterruptedError, UnavailableError, VprotectError, type ErrorDetails } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -92,6 +92,27 @@ export function streamCommand(argv: readonly string[], options: CommandOptions =
   done.catch(() => {});
   return {
     stdout: child.stdout,
+    done,
+    kill: () => {
+      child.kill();
+    },
+  };
+}
+
+/**
+ * Starts argv with its stdout connected to `stdout`, a stream with a file descriptor (a Unix
+ * socket whose other end the caller reads with its own reused buffers: strategies/ceph-rbd/
+ * socket-stream.ts). The descriptor is duplicated into the child; the caller may close its copy
+ * once this returns. stderr is captured for the error message; `done` settles like
+ * streamCommand's.
+ */
+export function spawnWithStdout(argv: readonly string[], stdout: Writable, options: CommandOptions = {}): Omit<StreamingCommand, 'stdout'> {
+  const [file, args] = split(argv);
+  options.log?.debug('run (stdout to a descriptor)', { command: describeArgv(argv) });
+  const child = execa(file, args, { ...common(options), stdout, buffer: { stdout: false, stderr: true } });
+  const done = settle(child, argv, options).then((r) => ({ ...r, stdout: '' as const }));
+  done.catch(() => {});
+  return {
     done,
     kill: () => {
       child.kill();

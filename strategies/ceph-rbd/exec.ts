@@ -6,10 +6,12 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage, InterruptedError, VprotectError } from '../../src/errors.js';
-import { CommandFailedError, runCommand, streamCommand } from '../../src/transport/command.js';
+import { CommandFailedError, runCommand } from '../../src/transport/command.js';
 import { describeArgv } from '../../src/transport/quote.js';
 import type { SshConnection } from '../../src/transport/ssh.js';
 import { largeChunks } from '../../src/transport/ssh.js';
+import { prefetch } from './prefetch.js';
+import { streamThroughSocket } from './socket-stream.js';
 
 export interface ExecOptions {
   /** Kill the command after this long. */
@@ -21,17 +23,35 @@ export interface ExecOptions {
 
 /** A command whose stdout is read as a stream (`rbd export-diff … -`). */
 export interface StreamingExec {
+  /** Read ahead of the consumer, up to `readAhead` bytes (see StreamOptions). */
   stdout: AsyncIterable<Buffer>;
+  /**
+   * True when a chunk's bytes are only valid until the next chunk is asked for (the local reader
+   * refills its buffers); a consumer that keeps bytes longer must copy them.
+   */
+  reusesBuffers?: boolean;
   /** Settles when the command has exited; rejects (with its stderr) when it failed. */
   done: Promise<void>;
   kill(): void;
 }
 
+export interface StreamOptions {
+  signal?: AbortSignal;
+  /**
+   * Bytes read ahead of the consumer (default 32 MiB). Why: a pipe or socket holds 64–200 KiB,
+   * so while the repository writer waits on the disk (or hashes), rbd would block on a full pipe
+   * and stop reading from the OSDs; with a few MiB in between, both work at the same time.
+   */
+  readAhead?: number;
+}
+
+export const DEFAULT_READ_AHEAD = 32 << 20;
+
 export interface CommandExec {
   /** For messages: "the backup node", "hypervisor hv1". */
   readonly where: string;
   run(argv: readonly string[], opts?: ExecOptions): Promise<{ stdout: string; stderr: string }>;
-  stream(argv: readonly string[], opts?: { signal?: AbortSignal }): Promise<StreamingExec>;
+  stream(argv: readonly string[], opts?: StreamOptions): Promise<StreamingExec>;
 }
 
 /** Runs commands on this machine through src/transport/command.ts. */
@@ -45,9 +65,9 @@ export function localExec(): CommandExec {
       }
       return runWithInput(argv, opts.input, opts);
     },
-    async stream(argv, opts = {}) {
-      const c = streamCommand(argv, opts.signal ? { signal: opts.signal } : {});
-      return { stdout: c.stdout as AsyncIterable<Buffer>, done: c.done.then(() => undefined), kill: () => c.kill() };
+    stream(argv, opts = {}) {
+      // Through a socket into reused buffers, not a pipe: see socket-stream.ts for the numbers.
+      return streamThroughSocket(argv, { readAhead: opts.readAhead ?? DEFAULT_READ_AHEAD, ...(opts.signal ? { signal: opts.signal } : {}) });
     },
   };
 }
@@ -121,7 +141,7 @@ export function sshExec(conn: SshConnection): CommandExec {
         if (r.code !== 0) throw failed(argv, where, r.code, r.signal, r.stderr);
       });
       done.catch(() => {});
-      return { stdout: largeChunks(p.stdout as AsyncIterable<Buffer>), done, kill: () => p.kill() };
+      return { stdout: prefetch(largeChunks(p.stdout as AsyncIterable<Buffer>), opts.readAhead ?? DEFAULT_READ_AHEAD), done, kill: () => p.kill() };
     },
   };
 }

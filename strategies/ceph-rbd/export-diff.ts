@@ -1,8 +1,8 @@
 /**
  * Reads a disk as `rbd export-diff [--from-snap S] pool/image@snap -`, parsed on the fly by the
- * repository's rbd diff codec (src/repository/rbd-diff.ts): nothing is spooled, memory is one
- * pipe chunk plus one record of at most 4 MiB. Without --from-snap rbd lists only allocated
- * extents, so a mostly empty 1 TiB image costs what it holds, not 1 TiB of zeros.
+ * repository's rbd diff codec (src/repository/rbd-diff.ts): nothing is spooled, memory is the
+ * read-ahead (exec.ts) plus one record of at most 4 MiB. Without --from-snap rbd lists only
+ * allocated extents, so a mostly empty 1 TiB image costs what it holds, not 1 TiB of zeros.
  *
  * The stream must describe exactly what was asked: its from/to snapshot names and image size are
  * checked before the first extent, the codec checks every record, and rbd's exit status is
@@ -13,11 +13,7 @@ import { MAX_RECORD_BYTES } from '../../src/repository/disk-writers.js';
 import type { Extent } from '../../src/repository/extents.js';
 import { parseRbdDiff, type RbdDiffItem } from '../../src/repository/rbd-diff.js';
 import type { StreamingExec } from './exec.js';
-import { prefetch } from './prefetch.js';
 import { imageSpec, type Rbd } from './rbd.js';
-
-/** Read-ahead between rbd's stdout and the parser (see prefetch.ts). */
-const PREFETCH_BYTES = 32 << 20;
 
 export interface ExportDiffRequest {
   pool: string;
@@ -36,6 +32,13 @@ export interface ExportDiffRequest {
    * the stored diff has rbd's records rather than one per pipe chunk.
    */
   joinRecords?: boolean;
+  /**
+   * The consumer is done with an extent's bytes when it asks for the next extent (the
+   * repository's point writer hashes and copies or writes each one first). Then extents are
+   * views of the read buffers and records are joined in one reused buffer: no copy, no fresh
+   * memory. Default false: every extent owns its bytes (tests that collect extents).
+   */
+  reuseBuffers?: boolean;
 }
 
 /** argv (after the cluster arguments) of the export-diff for a request. */
@@ -43,13 +46,22 @@ export function exportDiffArgs(r: Pick<ExportDiffRequest, 'pool' | 'image' | 'sn
   return ['export-diff', '--no-progress', ...(r.fromSnap !== undefined ? ['--from-snap', r.fromSnap] : []), imageSpec(r.pool, r.image, r.snap), '-'];
 }
 
-export async function* readExportDiff(rbd: Pick<Rbd, 'stream'>, req: ExportDiffRequest): AsyncGenerator<Extent> {
+/** Starts the export-diff of a request (rbd reads ahead from here on); readExportDiff parses it. */
+export function startExportDiff(rbd: Pick<Rbd, 'stream'>, req: Pick<ExportDiffRequest, 'pool' | 'image' | 'snap' | 'fromSnap' | 'signal'>): Promise<StreamingExec> {
+  return rbd.stream(exportDiffArgs(req), req.signal);
+}
+
+/**
+ * The extents of an export-diff. `started`: the command, when startExportDiff already ran it for
+ * this very request (the session starts the first disk's read while it lists snapshots).
+ */
+export async function* readExportDiff(rbd: Pick<Rbd, 'stream'>, req: ExportDiffRequest, started?: Promise<StreamingExec>): AsyncGenerator<Extent> {
   const what = `rbd export-diff ${req.fromSnap ? `--from-snap ${req.fromSnap} ` : ''}${req.pool}/${req.image}@${req.snap}`;
-  const proc = await rbd.stream(exportDiffArgs(req), req.signal);
-  const idle = idleWatch(prefetch(proc.stdout, PREFETCH_BYTES), proc, req.idleTimeoutMs ?? 600_000, what);
+  const proc = await (started ?? startExportDiff(rbd, req));
+  const idle = idleWatch(proc.stdout, proc, req.idleTimeoutMs ?? 600_000, what);
   let exited = false;
   try {
-    yield* diffExtents(parseRbdDiff(idle.source, { what, ordered: true }), req, what);
+    yield* diffExtents(parseRbdDiff(idle.source, { what, ordered: true }), { ...req, sourceReusesBuffers: proc.reusesBuffers === true }, what);
     await proc.done;
     exited = true;
   } catch (err) {
@@ -69,8 +81,17 @@ export async function* readExportDiff(rbd: Pick<Rbd, 'stream'>, req: ExportDiffR
  * one `w` record are joined into buffers of up to 4 MiB, so the repository stores records the
  * size rbd made them (pipe chunks are 64 KiB) without ever widening a range.
  */
-export async function* diffExtents(items: AsyncIterable<RbdDiffItem>, req: Pick<ExportDiffRequest, 'fromSnap' | 'snap' | 'size' | 'joinRecords'>, what: string): AsyncGenerator<Extent> {
+export async function* diffExtents(
+  items: AsyncIterable<RbdDiffItem>,
+  req: Pick<ExportDiffRequest, 'fromSnap' | 'snap' | 'size' | 'joinRecords' | 'reuseBuffers'> & { sourceReusesBuffers?: boolean },
+  what: string,
+): AsyncGenerator<Extent> {
   const join = req.joinRecords !== false;
+  const reuse = req.reuseBuffers === true;
+  // Views of the source's buffers are handed on only when both sides allow it.
+  const own = !reuse && req.sourceReusesBuffers === true ? (b: Buffer) => Buffer.from(b) : (b: Buffer) => b;
+  // With reuse, records are joined in this one buffer (the consumer is done with the previous).
+  let joinBuffer: Buffer | undefined;
   const header: { from?: string; to?: string; size?: number } = {};
   let checked = false;
   const check = () => {
@@ -107,7 +128,7 @@ export async function* diffExtents(items: AsyncIterable<RbdDiffItem>, req: Pick<
       case 'data': {
         check();
         if (!join) {
-          yield { offset: item.offset, length: item.data.length, data: item.data };
+          yield { offset: item.offset, length: item.data.length, data: own(item.data) };
           break;
         }
         let piece = item.data;
@@ -118,12 +139,12 @@ export async function* diffExtents(items: AsyncIterable<RbdDiffItem>, req: Pick<
             const want = Math.min(recordEnd - offset, MAX_RECORD_BYTES);
             if (piece.length >= want) {
               // The piece holds the whole (rest of the) record: hand it on without a copy.
-              yield { offset, length: want, data: piece.subarray(0, want) };
+              yield { offset, length: want, data: own(piece.subarray(0, want)) };
               piece = piece.subarray(want);
               offset += want;
               continue;
             }
-            acc = Buffer.allocUnsafe(want);
+            acc = reuse ? (joinBuffer ??= Buffer.allocUnsafeSlow(MAX_RECORD_BYTES)).subarray(0, want) : Buffer.allocUnsafe(want);
             accOffset = offset;
             accFill = 0;
           }

@@ -58,7 +58,7 @@ export async function cephRbdLeftovers(ctx: StrategyContext, known: KnownAnchors
               remove: async () => {
                 const r = await Rbd.open(exec, name, config, { remote: exec.where !== 'the backup node' });
                 try {
-                  const outcome = await removeSnapshot(r, pool, image, snap, ctx.signal);
+                  const outcome = await removeSnapshot(r, pool, image, snap, { signal: ctx.signal });
                   if (!outcome.removed) throw new VprotectError(outcome.problem);
                 } finally {
                   await r.dispose();

@@ -12,6 +12,11 @@ export interface RbdImageInfo {
   size: number;
   objectSize: number;
   features: string[];
+  /**
+   * op_features ("clone-parent": v2 clones of a snapshot exist, "snap-trash", …); undefined when
+   * rbd did not say, which callers must treat as "anything is possible".
+   */
+  opFeatures?: string[];
 }
 
 export interface RbdSnapshot {
@@ -93,12 +98,14 @@ function list(text: string, what: string): Record<string, unknown>[] {
 export function parseImageInfo(text: string, what = 'rbd info'): RbdImageInfo {
   const o = obj(parse(text, what), what, 'the output');
   const features = o['features'];
+  const opFeatures = o['op_features'];
   return {
     name: str(o, 'name', what),
     id: str(o, 'id', what),
     size: int(o, 'size', what),
     objectSize: typeof o['object_size'] === 'number' ? int(o, 'object_size', what) : 4 << 20,
     features: Array.isArray(features) ? features.filter((f): f is string => typeof f === 'string') : [],
+    ...(Array.isArray(opFeatures) && opFeatures.every((f) => typeof f === 'string') ? { opFeatures: opFeatures as string[] } : {}),
   };
 }
 

@@ -19,7 +19,7 @@ async function bytesOf(h: Parameters<typeof encodeRbdDiff>[0], extents: Extent[]
 }
 
 /** A fake `rbd` whose export-diff writes `bytes` in `chunk`-sized pieces, then exits as told. */
-function fakeRbd(bytes: Buffer, opts: { chunk?: number; exit?: Error; hang?: boolean } = {}) {
+function fakeRbd(bytes: Buffer, opts: { chunk?: number; exit?: Error; hang?: boolean; reuse?: boolean } = {}) {
   const calls: string[][] = [];
   let killed = false;
   return {
@@ -32,14 +32,25 @@ function fakeRbd(bytes: Buffer, opts: { chunk?: number; exit?: Error; hang?: boo
       const chunk = opts.chunk ?? 65536;
       let release!: () => void;
       const gate = new Promise<void>((r) => (release = r));
+      // reuse: every chunk is copied into the same buffer, valid until the next is asked for.
+      const shared = Buffer.alloc(chunk);
       const stdout = (async function* () {
-        for (let at = 0; at < bytes.length; at += chunk) yield bytes.subarray(at, at + chunk);
+        for (let at = 0; at < bytes.length; at += chunk) {
+          const piece = bytes.subarray(at, at + chunk);
+          if (!opts.reuse) yield piece;
+          else {
+            piece.copy(shared);
+            yield shared.subarray(0, piece.length);
+            shared.fill(0xee);
+          }
+        }
         if (opts.hang) await gate;
       })();
       const done = opts.exit ? Promise.reject(opts.exit) : Promise.resolve();
       done.catch(() => {});
       return {
         stdout,
+        ...(opts.reuse ? { reusesBuffers: true } : {}),
         done,
         kill: () => {
           killed = true;
@@ -85,6 +96,40 @@ describe('rbd export-diff reader', () => {
     const got = await collect(readExportDiff(fakeRbd(await bytesOf(header, extents), { chunk: 65536 }), { ...req, joinRecords: false }));
     expect(got.length).toBeGreaterThan(1);
     expect(Buffer.concat(got.map((e) => e.data!)).equals(extents[0]!.data!)).toBe(true);
+  });
+
+  it('a source that reuses its buffers: extents still own their bytes unless the consumer allows reuse', async () => {
+    const extents = [data(0, 6 * MiB, 0x11), { offset: 8 * MiB, length: MiB }, data(10 * MiB, 300_001, 0x22)];
+    const bytes = await bytesOf(header, extents);
+    for (const joinRecords of [true, false]) {
+      // Kept as they come, without copying (what a consumer that queues extents does).
+      const got: Extent[] = [];
+      for await (const e of readExportDiff(fakeRbd(bytes, { chunk: 65536, reuse: true }), { ...req, joinRecords })) got.push(e);
+      const image = Buffer.alloc(16 * MiB);
+      for (const e of got) if (e.data) e.data.copy(image, e.offset);
+      const want = Buffer.alloc(16 * MiB);
+      for (const e of extents) if (e.data) e.data.copy(want, e.offset);
+      expect(image.equals(want), `joinRecords ${joinRecords}`).toBe(true);
+    }
+  });
+
+  it('reuseBuffers: a consumer that uses each extent before the next gets exact bytes, joined in one buffer', async () => {
+    const extents = [data(0, 6 * MiB, 0x11), data(7 * MiB, 2 * MiB + 5, 0x12), { offset: 10 * MiB, length: MiB }, data(12 * MiB, 70_000, 0x22)];
+    const bytes = await bytesOf(header, extents);
+    const want = Buffer.alloc(16 * MiB);
+    for (const e of extents) if (e.data) e.data.copy(want, e.offset);
+    for (const joinRecords of [true, false]) {
+      const image = Buffer.alloc(16 * MiB);
+      const backing = new Set<ArrayBufferLike>();
+      for await (const e of readExportDiff(fakeRbd(bytes, { chunk: 65536, reuse: true }), { ...req, joinRecords, reuseBuffers: true })) {
+        if (!e.data) continue;
+        e.data.copy(image, e.offset);
+        if (e.length > 65536) backing.add(e.data.buffer);
+      }
+      expect(image.equals(want), `joinRecords ${joinRecords}`).toBe(true);
+      // Joined records (4 MiB, 2 MiB, 2 MiB + 5) all lived in the same reused buffer.
+      if (joinRecords) expect(backing.size).toBe(1);
+    }
   });
 
   it('odd chunk sizes give the same bytes', async () => {

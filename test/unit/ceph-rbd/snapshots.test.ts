@@ -26,7 +26,9 @@ describe('rbd JSON parsing', () => {
   });
 
   it('info', () => {
-    expect(parseImageInfo(INFO)).toEqual({ name: 'vp-verify-src', id: '1097bd435f1f', size: 67108864, objectSize: 4194304, features: ['layering', 'exclusive-lock', 'object-map', 'fast-diff', 'deep-flatten'] });
+    expect(parseImageInfo(INFO)).toEqual({ name: 'vp-verify-src', id: '1097bd435f1f', size: 67108864, objectSize: 4194304, features: ['layering', 'exclusive-lock', 'object-map', 'fast-diff', 'deep-flatten'], opFeatures: [] });
+    expect(parseImageInfo(INFO.replace('"op_features":[]', '"op_features":["clone-parent"]')).opFeatures).toEqual(['clone-parent']);
+    expect(parseImageInfo(INFO.replace('"op_features":[],', '')).opFeatures).toBeUndefined();
   });
 
   it('ls -l: images, snapshots, clone parents', () => {

@@ -1,0 +1,231 @@
+/**
+ * A local command's stdout read through a Unix socket into reused buffers, with read-ahead.
+ *
+ * Why not a child pipe: Node reads a child's stdout 64 KiB at a time, each read into a freshly
+ * allocated buffer that the garbage collector frees later. For `rbd export-diff` of 1 GiB that is
+ * 17 000 reads and as many buffers: 1.1–1.2 s of CPU here, on a 2-core machine where rbd and the
+ * OSD want the same cores. A socket opened with `onread` lets us choose where each read lands:
+ * successive reads fill 4 MiB slabs end to end (~5 000 reads of ~200 KiB, the socket's queue),
+ * and slabs are reused once consumed: 0.4 s of CPU per GiB, no garbage.
+ *
+ * Contract of the chunks: a chunk's bytes are valid until the consumer asks for the next chunk
+ * (then its slab may be refilled). A consumer that keeps bytes longer copies them.
+ *
+ * The socket lives in a private directory (mode 0700, removed as soon as the command has its
+ * end), so no other user can connect in between and receive the command's output.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { UnavailableError } from '../../src/errors.js';
+import { spawnWithStdout } from '../../src/transport/command.js';
+import type { StreamingExec } from './exec.js';
+
+/** Reads land end to end in slabs of this size. */
+export const SLAB_BYTES = 4 << 20;
+/** A read gets a fresh slab when less than this is left in the current one. */
+const MIN_READ_ROOM = 128 << 10;
+
+interface Slab {
+  buf: Buffer;
+  /** Bytes of the slab handed to reads so far. */
+  used: number;
+  /** Chunks of this slab queued or lent to the consumer. */
+  refs: number;
+}
+
+interface Chunk {
+  data: Buffer;
+  slab: Slab;
+}
+
+/**
+ * The read side: a socket whose reads go into slabs, a queue of chunks (at most `readAhead`
+ * bytes; reading pauses above it), and the consumer's async iterator.
+ */
+export class SlabReader {
+  private readonly free: Buffer[] = [];
+  private current: Slab;
+  /** The view the next read lands in (set before it happens, see `nextBuffer`). */
+  private readonly queue: Chunk[] = [];
+  private queued = 0;
+  private paused = false;
+  private ended = false;
+  private failure: Error | undefined;
+  private wake: (() => void) | undefined;
+  private socket: Socket | undefined;
+  /** Slabs allocated so far (tests check that reuse happens). */
+  allocated = 0;
+  /** Free slabs kept: as many as the read-ahead can fill, so a steady stream allocates none. */
+  private readonly maxFree: number;
+
+  constructor(
+    private readonly readAhead: number,
+    private readonly slabBytes = SLAB_BYTES,
+  ) {
+    this.maxFree = Math.ceil(readAhead / slabBytes) + 2;
+    this.current = this.newSlab();
+  }
+
+  /** Node asks for the destination of the next read (the `onread.buffer` function). */
+  nextBuffer = (): Buffer => {
+    if (this.slabBytes - this.current.used < Math.min(MIN_READ_ROOM, this.slabBytes)) {
+      const old = this.current;
+      this.current = this.newSlab();
+      this.recycle(old);
+    }
+    return this.current.buf.subarray(this.current.used);
+  };
+
+  /** A read of `n` bytes landed at the start of the last buffer handed out (`onread.callback`). */
+  onRead = (n: number): boolean => {
+    const slab = this.current;
+    const data = slab.buf.subarray(slab.used, slab.used + n);
+    slab.used += n;
+    slab.refs++;
+    this.queue.push({ data, slab });
+    this.queued += n;
+    this.signal();
+    if (this.queued >= this.readAhead) {
+      this.paused = true;
+      return false;
+    }
+    return true;
+  };
+
+  attach(socket: Socket): void {
+    this.socket = socket;
+    socket.on('end', () => this.finish());
+    socket.on('close', () => this.finish());
+    socket.on('error', (err) => this.finish(err));
+  }
+
+  finish(err?: Error): void {
+    if (err && !this.ended && !this.failure) this.failure = err;
+    this.ended = true;
+    this.signal();
+  }
+
+  close(): void {
+    this.finish();
+    this.socket?.destroy();
+  }
+
+  /** The chunks in order; each is valid until the next is asked for. */
+  async *chunks(): AsyncGenerator<Buffer> {
+    let lent: Chunk | undefined;
+    try {
+      for (;;) {
+        if (lent) this.release(lent);
+        lent = undefined;
+        const next = this.queue.shift();
+        if (next) {
+          this.queued -= next.data.length;
+          if (this.paused && this.queued <= this.readAhead / 2) {
+            this.paused = false;
+            this.socket?.resume();
+          }
+          lent = next;
+          yield next.data;
+          continue;
+        }
+        if (this.failure) throw new UnavailableError(`reading the command's output failed: ${this.failure.message}`, { cause: this.failure });
+        if (this.ended) return;
+        await new Promise<void>((resolve) => (this.wake = resolve));
+      }
+    } finally {
+      if (lent) this.release(lent);
+      this.close();
+    }
+  }
+
+  private signal(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  private newSlab(): Slab {
+    let buf = this.free.pop();
+    if (!buf) {
+      // Its own memory (not Node's shared pool), so that reusing it is exact.
+      buf = Buffer.allocUnsafeSlow(this.slabBytes);
+      this.allocated++;
+    }
+    return { buf, used: 0, refs: 0 };
+  }
+
+  private release(chunk: Chunk): void {
+    chunk.slab.refs--;
+    if (chunk.slab !== this.current) this.recycle(chunk.slab);
+  }
+
+  /** A slab no read will land in again goes back to the free list once nothing refers to it. */
+  private recycle(slab: Slab): void {
+    if (slab.refs === 0 && this.free.length < this.maxFree) this.free.push(slab.buf);
+  }
+}
+
+/**
+ * Runs argv on this machine with its stdout into a SlabReader (see the top of this file).
+ * `readAhead` bounds the bytes read but not yet consumed.
+ */
+export async function streamThroughSocket(argv: readonly string[], opts: { signal?: AbortSignal; readAhead: number; slabBytes?: number }): Promise<StreamingExec & { reader: SlabReader }> {
+  const dir = await mkdtemp(join(tmpdir(), 'vprotect-out-'));
+  const server = createServer();
+  try {
+    const path = join(dir, 'stdout');
+    await listen(server, path);
+    const reader = new SlabReader(opts.readAhead, opts.slabBytes);
+    const accepted = new Promise<Socket>((resolve, reject) => {
+      server.once('connection', resolve);
+      server.once('error', reject);
+    });
+    const ours = connect({ path, onread: { buffer: reader.nextBuffer, callback: reader.onRead } });
+    reader.attach(ours);
+    const connected = new Promise<void>((resolve, reject) => {
+      ours.once('connect', resolve);
+      ours.once('error', reject);
+    });
+    const [theirs] = await Promise.all([accepted, connected]);
+    // Nobody else may connect: the command gets the one connection we made.
+    server.close();
+    let command: ReturnType<typeof spawnWithStdout>;
+    try {
+      command = spawnWithStdout(argv, theirs, opts.signal ? { signal: opts.signal } : {});
+    } catch (err) {
+      reader.close();
+      throw err;
+    } finally {
+      // The child has its own copy of the descriptor; ours would keep the stream open after it exits.
+      theirs.destroy();
+    }
+    const done = command.done.then(() => undefined);
+    // Observed by the caller; an unobserved failure (a killed read nobody waits for) must not crash.
+    done.catch(() => {});
+    return {
+      stdout: reader.chunks(),
+      reusesBuffers: true,
+      done,
+      kill: () => {
+        command.kill();
+        reader.close();
+      },
+      reader,
+    };
+  } finally {
+    server.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function listen(server: Server, path: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
