@@ -2,10 +2,14 @@
 /**
  * Transport benchmark (not a test): full read of a 1 GiB random-data image
  *   (a) NBD over a local unix socket to qemu-nbd (our client), and nbdcopy (libnbd, C) as a peer
- *   (b) NBD over an SSH-forwarded unix socket through the lab's sshd (ssh2, streamlocal)
+ *   (b) NBD over an SSH-forwarded unix socket through the lab's sshd: the OpenSSH data channel
+ *       (ssh -L, what nbdDialer uses by default) and ssh2 (streamlocal), each with the SSH read
+ *       pacing (256 KiB requests, 1 MiB in flight) and, as `-deep`, with the local-socket
+ *       defaults (512 KiB, 64 MiB in flight) to show what the pacing is for
  *   (c) `ssh -c aes128-gcm@openssh.com host cat file > /dev/null` (OpenSSH) and ssh2 execStream cat
  *   (d) netcat mode: NBD over TCP to qemu-nbd
- * Each mode runs in its own child process so its peak RSS is its own. Medians of --runs (3).
+ * Each mode runs in its own child process so its peak RSS is its own. Medians of --runs (3);
+ * the modes take turns within each run, so a change in the machine's load hits them all alike.
  *
  *   npm run build && node bench/transport.mjs [--size-mib 1024] [--runs 3] [--modes a,b,...]
  *
@@ -33,9 +37,11 @@ const MODES = {
   'nbd-unix-reuse': 'NBD, local unix socket, reuseBuffers',
   'nbd-unix-2conn-reuse': 'NBD, local unix socket, 2 connections, reuseBuffers',
   'nbdcopy-unix': 'nbdcopy → null: (libnbd, C peer), local unix socket',
-  'nbd-ssh': 'NBD over SSH-forwarded unix socket (ssh2, aes128-gcm)',
-  'nbd-ssh-reuse': 'NBD over SSH-forwarded unix socket, reuseBuffers',
   'openssh-cat': 'ssh -c aes128-gcm@openssh.com host cat file > /dev/null',
+  'nbd-ssh-openssh': 'NBD over SSH, OpenSSH data channel (default)',
+  'nbd-ssh-ssh2': 'NBD over SSH, ssh2 data channel',
+  'nbd-ssh-openssh-deep': 'NBD over SSH, OpenSSH, 512 KiB x 64 MiB in flight',
+  'nbd-ssh-ssh2-deep': 'NBD over SSH, ssh2, 512 KiB x 64 MiB in flight',
   'ssh2-cat': 'ssh2 execStream cat file (vprotect SSH exec stream)',
   'nbd-tcp-reuse': 'NBD over TCP (netcat mode), reuseBuffers',
 };
@@ -54,9 +60,10 @@ if (args[0] === '--child') {
 async function runMode(mode, image, socket, tcpPort) {
   const nbd = await import(dist('nbd/index.js'));
   const reuseBuffers = mode.endsWith('-reuse');
+  const deep = mode.endsWith('-deep') ? { maxRequestBytes: 512 * 1024, maxBytesInFlight: 64 * 1024 * 1024 } : {};
   const readAll = async (session) => {
     let n = 0;
-    for await (const e of nbd.readFull(session, { reuseBuffers })) n += e.length; // data and zero extents
+    for await (const e of nbd.readFull(session, { reuseBuffers, ...deep })) n += e.length; // data and zero extents
     await session.close();
     return n;
   };
@@ -76,11 +83,13 @@ async function runMode(mode, image, socket, tcpPort) {
   const lab = JSON.parse(readFileSync(join(LAB, 'lab.json'), 'utf8'));
   const hv = { name: 'hv1', address: lab.ssh.host, port: lab.ssh.port, user: lab.ssh.user, keyFile: lab.ssh.keyFile, hostKey: { knownHostsFile: lab.ssh.knownHostsFile } };
   const { SshPool } = await import(dist('ssh.js'));
-  const pool = new SshPool({ env: {} });
+  const pool = new SshPool({ env: {}, dataChannel: mode.includes('openssh') ? 'openssh' : 'ssh2' });
   const conn = await pool.connection(hv);
   try {
     if (mode.startsWith('nbd-ssh')) {
       const session = await nbd.NbdSession.open(conn.nbdDialer({ path: socket }), { exportName: '', metaContexts: nbd.FULL_READ_CONTEXTS });
+      const via = session.description.endsWith('(openssh)') ? 'openssh' : 'ssh2';
+      if (!mode.includes(via)) throw new Error(`${mode} went through ${via}`);
       return await readAll(session);
     }
     if (mode === 'ssh2-cat') {
@@ -142,6 +151,8 @@ function timeShell(argv) {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
+const loadAtStart = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+
 async function main() {
   if (!existsSync(dist('nbd/index.js'))) throw new Error('dist/ is missing: run npm run build first');
   const dir = mkdtempSync(join(tmpdir(), 'vp-bench-transport-'));
@@ -157,46 +168,58 @@ async function main() {
     children.push(await startQemuNbd(['--read-only', '--persistent', '--shared=8', '-f', 'raw', '-b', '127.0.0.1', '-p', String(port), image], port));
     const ssh = labSsh();
     const bytes = sizeMiB * 1024 * 1024;
+    const samples = new Map();
     for (const mode of wanted) {
       if (!MODES[mode]) throw new Error(`unknown mode ${mode} (known: ${Object.keys(MODES).join(', ')})`);
       const needsLab = mode.startsWith('nbd-ssh') || mode === 'openssh-cat' || mode === 'ssh2-cat';
-      if (needsLab && !ssh) {
-        results.push({ mode, skipped: 'the lab is not running (npm run lab:up)' });
-        continue;
-      }
-      if (mode === 'nbdcopy-unix' && !have('nbdcopy')) {
-        results.push({ mode, skipped: 'nbdcopy not installed (libnbd-bin)' });
-        continue;
-      }
-      const samples = [];
-      for (let i = 0; i < runs; i++) {
+      if (needsLab && !ssh) results.push({ mode, skipped: 'the lab is not running (npm run lab:up)' });
+      else if (mode === 'nbdcopy-unix' && !have('nbdcopy')) results.push({ mode, skipped: 'nbdcopy not installed (libnbd-bin)' });
+      else samples.set(mode, []);
+    }
+    for (let i = 0; i < runs; i++) {
+      for (const [mode, list] of samples) {
         if (mode === 'openssh-cat') {
           const seconds = timeShell(['ssh', '-F', ssh.configFile, '-c', 'aes128-gcm@openssh.com', ssh.hostAlias ?? 'hv1', 'cat', image]);
-          samples.push({ bytes, seconds });
+          list.push({ bytes, seconds });
         } else if (mode === 'nbdcopy-unix') {
-          samples.push({ bytes, seconds: timeShell(['nbdcopy', `nbd+unix:///?socket=${socket}`, 'null:']) });
+          list.push({ bytes, seconds: timeShell(['nbdcopy', `nbd+unix:///?socket=${socket}`, 'null:']) });
         } else {
-          samples.push(runChild(mode, image, socket, port));
+          list.push(runChild(mode, image, socket, port));
         }
       }
-      for (const s of samples) if (s.bytes !== bytes) throw new Error(`${mode} read ${s.bytes} bytes, expected ${bytes}`);
-      const seconds = median(samples.map((s) => s.seconds));
-      const rss = samples[0].maxRssKiB ? median(samples.map((s) => s.maxRssKiB)) : undefined;
-      const cpu = samples[0].userS !== undefined ? median(samples.map((s) => s.userS + s.sysS)) : undefined;
-      results.push({ mode, MiBps: Math.round(bytes / seconds / 1048576), seconds: +seconds.toFixed(3), peakRssMiB: rss ? Math.round(rss / 1024) : undefined, clientCpuS: cpu ? +cpu.toFixed(2) : undefined, runs });
+    }
+    for (const [mode, list] of samples) {
+      for (const s of list) if (s.bytes !== bytes) throw new Error(`${mode} read ${s.bytes} bytes, expected ${bytes}`);
+      const seconds = median(list.map((s) => s.seconds));
+      const rss = list[0].maxRssKiB ? median(list.map((s) => s.maxRssKiB)) : undefined;
+      const cpu = list[0].userS !== undefined ? median(list.map((s) => s.userS + s.sysS)) : undefined;
+      results.push({
+        mode,
+        MiBps: Math.round(bytes / seconds / 1048576),
+        samplesMiBps: list.map((s) => Math.round(bytes / s.seconds / 1048576)),
+        seconds: +seconds.toFixed(3),
+        peakRssMiB: rss ? Math.round(rss / 1024) : undefined,
+        clientCpuS: cpu ? +cpu.toFixed(2) : undefined,
+        runs,
+      });
     }
   } finally {
     for (const c of children) c.kill('SIGTERM');
     rmSync(dir, { recursive: true, force: true });
   }
   const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-  console.log(`\ntransport benchmark: full read of a ${sizeMiB} MiB random image, median of ${runs} (load average ${load})`);
+  const loadBefore = loadAtStart;
+  console.log(`\ntransport benchmark: full read of a ${sizeMiB} MiB random image, median of ${runs} (load average before ${loadBefore}, after ${load})`);
+  const cat = results.find((r) => r.mode === 'openssh-cat' && !r.skipped);
   for (const r of results) {
     const label = MODES[r.mode].padEnd(62);
     if (r.skipped) console.log(`  ${label} skipped: ${r.skipped}`);
-    else console.log(`  ${label} ${String(r.MiBps).padStart(5)} MiB/s  ${r.seconds.toFixed(2).padStart(6)} s${r.peakRssMiB ? `  peak RSS ${r.peakRssMiB} MiB` : ''}${r.clientCpuS !== undefined ? `  CPU ${r.clientCpuS} s` : ''}`);
+    else {
+      const ratio = cat && r.mode.startsWith('nbd-ssh') ? `  ${(r.MiBps / cat.MiBps).toFixed(2)}× ssh cat` : '';
+      console.log(`  ${label} ${String(r.MiBps).padStart(5)} MiB/s  ${r.seconds.toFixed(2).padStart(6)} s${r.peakRssMiB ? `  peak RSS ${r.peakRssMiB} MiB` : ''}${r.clientCpuS !== undefined ? `  CPU ${r.clientCpuS} s` : ''}  [${r.samplesMiBps.join(' ')}]${ratio}`);
+    }
   }
-  if (args.includes('--json')) console.log(JSON.stringify({ bench: 'transport', sizeMiB, runs, load, results }));
+  if (args.includes('--json')) console.log(JSON.stringify({ bench: 'transport', sizeMiB, runs, loadBefore, load, results }));
 }
 
 await main();
