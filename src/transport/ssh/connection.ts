@@ -113,8 +113,7 @@ export class SshConnection {
     private readonly options: SshConnectOptions,
   ) {
     this.sessions = new Semaphore(options.maxSessions ?? 8);
-    if ((options.dataChannel ?? 'auto') === 'ssh2') this.opensshUnusable = 'ssh2 was asked for (dataChannel: ssh2)';
-    else this.opensshUnusable = opensshUnusableReason(target, options.opensshBinary);
+    this.opensshUnusable = opensshUnusableReason(target, options.opensshBinary);
     client.on('error', (err: Error & { level?: string }) => {
       this.lost ??= new UnavailableError(
         err.level === 'client-timeout'
@@ -309,24 +308,31 @@ export class SshConnection {
    * An NBD dialer through this connection: each call opens one more forwarded channel. A unix
    * socket goes through one OpenSSH process per dialer when the connection allows it (see
    * dataChannel; ~3× the throughput of ssh2 here), else through an ssh2 channel handed straight
-   * to the NBD client; TCP always goes through ssh2.
+   * to the NBD client; TCP always goes through ssh2. `options.dataChannel` overrides the
+   * connection's choice for this dialer: 'ssh2' saves OpenSSH's start (~0.25 s, a second SSH
+   * handshake) where little data moves, e.g. a small incremental.
    */
-  nbdDialer(remote: { path: string } | { host: string; port: number }): NbdDialer {
+  nbdDialer(remote: { path: string } | { host: string; port: number }, options: { dataChannel?: DataChannelMode } = {}): NbdDialer {
     if (!('path' in remote)) {
       return async () => channelFromStream(await this.forwardTcp(remote.host, remote.port), `ssh ${this.target.name} → tcp:${remote.host}:${remote.port}`, SSH_PACING);
     }
     const viaSsh2 = async () => channelFromStream(await this.forwardUnixSocket(remote.path), `ssh ${this.target.name} → unix:${remote.path}`, SSH_PACING);
     let forward: OpenSshForward | undefined;
+    const mode = options.dataChannel ?? this.options.dataChannel ?? 'auto';
     return async (): Promise<ByteChannel> => {
       if (this.lost) throw this.lost;
-      if (this.opensshUnusable) return viaSsh2();
+      if (mode === 'ssh2') return viaSsh2();
+      if (this.opensshUnusable) {
+        if (mode === 'openssh') throw new ConfigError(`${this.where}: the OpenSSH data channel was required but cannot be used: ${this.opensshUnusable}`);
+        return viaSsh2();
+      }
       forward ??= this.newForward(remote.path);
       try {
         return await forward.dial();
       } catch (err) {
         // Only a setup problem OpenSSH has and ssh2 may not (key refused by OpenSSH, broken
         // binary) falls back; a refused host key, an abort or a missing socket do not.
-        if (!(err instanceof OpenSshSetupError) || this.options.dataChannel === 'openssh') throw err;
+        if (!(err instanceof OpenSshSetupError) || mode === 'openssh') throw err;
         this.opensshUnusable = err.message;
         this.options.log?.warn('OpenSSH data channel unavailable, using ssh2 (slower)', { host: this.target.name, error: err.message });
         return viaSsh2();
@@ -336,6 +342,7 @@ export class SshConnection {
 
   /** Which implementation nbdDialer uses for unix sockets now, and why not OpenSSH if not. */
   get dataChannel(): { via: 'openssh' } | { via: 'ssh2'; reason: string } {
+    if (this.options.dataChannel === 'ssh2') return { via: 'ssh2', reason: 'ssh2 was asked for (dataChannel: ssh2)' };
     return this.opensshUnusable ? { via: 'ssh2', reason: this.opensshUnusable } : { via: 'openssh' };
   }
 

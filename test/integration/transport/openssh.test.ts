@@ -222,6 +222,20 @@ describe('OpenSSH data channel', () => {
     }
   });
 
+  it('a dialer can choose ssh2 on a connection that would use OpenSSH', async () => {
+    const conn = await connect();
+    try {
+      expect(conn.dataChannel).toEqual({ via: 'openssh' });
+      const session = await NbdSession.open(conn.nbdDialer({ path: server.socket }, { dataChannel: 'ssh2' }), { exportName: '', metaContexts: FULL_READ_CONTEXTS });
+      expect(session.description).toBe(`ssh hv1 → unix:${server.socket}`);
+      expect(forwarders(server.socket)).toHaveLength(0);
+      compare(await collect(readFull(session)), disk.reference);
+      await session.close();
+    } finally {
+      await conn.close();
+    }
+  });
+
   it('a missing remote socket is a clear error naming it', async () => {
     const conn = await connect();
     try {
