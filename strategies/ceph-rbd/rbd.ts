@@ -10,11 +10,18 @@ import { join } from 'node:path';
 import { ConfigError, UsageError } from '../../src/errors.js';
 import type { CephClusterConfig, Inventory } from '../../src/inventory/types.js';
 import { CommandFailedError } from '../../src/transport/command.js';
+import { Semaphore } from '../../src/transport/semaphore.js';
 import type { CommandExec, StreamingExec } from './exec.js';
 import { parseChildren, parseImageInfo, parseListing, parseSnapList, type RbdChild, type RbdImageInfo, type RbdListing, type RbdSnapshot } from './rbd-json.js';
 
 /** Metadata operations (info, snap ls/create/rm): generous, but never for ever. */
 export const DEFAULT_TIMEOUT_MS = 120_000;
+
+/**
+ * rbd commands (other than streams) run at once per cluster binding: the session runs the calls
+ * of many disks in parallel, and each rbd start costs a core for ~0.1 s.
+ */
+const PARALLEL_COMMANDS = 8;
 
 /** Where a cluster's files are as seen by the machine that runs rbd. */
 export interface ClusterAccess {
@@ -51,6 +58,8 @@ export function chooseCluster(inventory: Inventory, wanted: string | undefined):
 }
 
 export class Rbd {
+  private readonly slots = new Semaphore(PARALLEL_COMMANDS);
+
   private constructor(
     readonly exec: CommandExec,
     readonly access: ClusterAccess,
@@ -116,7 +125,10 @@ export class Rbd {
   }
 
   async run(args: readonly string[], opts: { timeoutMs?: number; signal?: AbortSignal; input?: AsyncIterable<Buffer> } = {}): Promise<string> {
-    const r = await this.exec.run(this.argv(args), { timeoutMs: opts.timeoutMs ?? this.timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.input ? { input: opts.input } : {}) });
+    const r = await this.slots.use(
+      () => this.exec.run(this.argv(args), { timeoutMs: opts.timeoutMs ?? this.timeoutMs, ...(opts.signal ? { signal: opts.signal } : {}), ...(opts.input ? { input: opts.input } : {}) }),
+      opts.signal,
+    );
     return r.stdout;
   }
 
