@@ -16,24 +16,52 @@ export const DEFAULT_WRITE_BUFFER = 8 << 20;
  */
 export const DEFAULT_SYNC_EVERY = 64 << 20;
 
+/** Starts a datasync in the background once `every` bytes were written since the last one. */
+export class BackgroundSync {
+  private unsynced = 0;
+  private syncing: Promise<void> | undefined;
+  private error: unknown;
+
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly every = DEFAULT_SYNC_EVERY,
+  ) {}
+
+  /** `bytes` were handed to a write that completes with `written`. */
+  wrote(bytes: number, written: Promise<void>): void {
+    this.unsynced += bytes;
+    if (this.every <= 0 || this.unsynced < this.every || this.syncing) return;
+    this.unsynced = 0;
+    this.syncing = written
+      .then(() => this.fh.datasync())
+      .catch((err: unknown) => void (this.error ??= err))
+      .finally(() => (this.syncing = undefined));
+  }
+
+  /** Waits for a datasync under way; throws the failure of any earlier one. */
+  async wait(): Promise<void> {
+    await this.syncing;
+    if (this.error) throw this.error;
+  }
+}
+
 export class CoalescingWriter {
   private readonly buffers: [Buffer, Buffer];
   private current = 0;
   private fill = 0;
   private start = 0;
   private inflight: Promise<void> | undefined;
-  private unsynced = 0;
-  private syncing: Promise<void> | undefined;
-  private syncError: unknown;
+  private readonly sync: BackgroundSync;
   /** Highest offset written so far (end of the last byte + 1). */
   end = 0;
 
   constructor(
     private readonly fh: FileHandle,
     bufferSize = DEFAULT_WRITE_BUFFER,
-    private readonly syncEvery = DEFAULT_SYNC_EVERY,
+    syncEvery = DEFAULT_SYNC_EVERY,
   ) {
     this.buffers = [Buffer.allocUnsafeSlow(bufferSize), Buffer.allocUnsafeSlow(bufferSize)];
+    this.sync = new BackgroundSync(fh, syncEvery);
   }
 
   async write(offset: number, data: Buffer): Promise<void> {
@@ -44,7 +72,7 @@ export class CoalescingWriter {
       // Too big to gather: write it directly, and wait, because the caller may reuse `data`.
       await this.settle();
       await writeAll(this.fh, data, offset);
-      this.wrote(data.length, Promise.resolve());
+      this.sync.wrote(data.length, Promise.resolve());
     } else {
       if (this.fill === 0) this.start = offset;
       data.copy(this.buffers[this.current]!, this.fill);
@@ -59,20 +87,9 @@ export class CoalescingWriter {
     await this.settle();
     const buf = this.buffers[this.current]!.subarray(0, this.fill);
     this.inflight = writeAll(this.fh, buf, this.start);
-    this.wrote(buf.length, this.inflight);
+    this.sync.wrote(buf.length, this.inflight);
     this.current ^= 1;
     this.fill = 0;
-  }
-
-  /** Starts a background datasync once `syncEvery` bytes were written since the last one. */
-  private wrote(bytes: number, written: Promise<void>): void {
-    this.unsynced += bytes;
-    if (this.syncEvery <= 0 || this.unsynced < this.syncEvery || this.syncing) return;
-    this.unsynced = 0;
-    this.syncing = written
-      .then(() => this.fh.datasync())
-      .catch((err: unknown) => void (this.syncError ??= err))
-      .finally(() => (this.syncing = undefined));
   }
 
   /**
@@ -82,8 +99,7 @@ export class CoalescingWriter {
   async close(): Promise<void> {
     await this.flush();
     await this.settle();
-    await this.syncing;
-    if (this.syncError) throw this.syncError;
+    await this.sync.wait();
   }
 
   private async settle(): Promise<void> {

@@ -7,8 +7,7 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { throwIfAborted } from '../errors.js';
-import { BlockMapBuilder } from './block-map.js';
-import { CoalescingWriter } from './coalescing-writer.js';
+import { BlockImageWriter } from './block-image-writer.js';
 import { AtomicFile } from './durable.js';
 import { checkedExtents, splitZeroRuns, type Extent } from './extents.js';
 import { diskFiles } from './layout.js';
@@ -55,32 +54,24 @@ export async function writeFullDisk(opts: Common & { blockSize: number }, extent
   const mapPath = diskFiles.blockMap(key);
   const raw = await AtomicFile.create(join(pointDir, rawPath));
   let map: HashedFile | undefined;
+  let writer: BlockImageWriter | undefined;
   try {
     // Size first: every range we do not write stays a hole.
     await raw.handle.truncate(size);
-    const writer = new CoalescingWriter(raw.handle);
-    const digests: Buffer[] = [];
-    const builder = new BlockMapBuilder(opts.blockSize, (d) => digests.push(d));
     map = await HashedFile.create(join(pointDir, mapPath), 1 << 20);
     const lines = new LineBuffer(map);
-    const drain = async () => {
-      for (const d of digests.splice(0)) await lines.add(`${d.toString('hex')}\n`);
-    };
+    writer = new BlockImageWriter(raw.handle, opts.blockSize, size, (d) => lines.add(`${d.toString('hex')}\n`));
     const stats: DiskStats = { changedBytes: size, dataBytes: 0, zeroBytes: 0, storedBytes: 0, records: 0 };
     for await (const e of checkedExtents(extents, size, `disk ${key}`)) {
       throwIfAborted(opts.signal);
       for (const run of splitZeroRuns(e)) {
         if (!run.data) continue;
-        builder.data(run.offset, run.data);
-        await writer.write(run.offset, run.data);
+        await writer.data(run.offset, run.data);
         stats.dataBytes += run.length;
       }
-      if (digests.length) await drain();
     }
-    builder.finish(size);
-    await drain();
+    await writer.finish();
     await lines.flush();
-    await writer.close();
     await raw.commit();
     await opts.onStep?.(`data:${key}`);
     const mapSha = await map.commit();
@@ -89,6 +80,7 @@ export async function writeFullDisk(opts: Common & { blockSize: number }, extent
     stats.storedBytes = stats.dataBytes;
     return { stats, file: rawPath, index: null, blockMap: mapPath, blockMapSha256: mapSha, sums: [{ path: mapPath, sha256: mapSha }] };
   } catch (err) {
+    await writer?.abort();
     await raw.discard();
     await map?.discard();
     throw err;

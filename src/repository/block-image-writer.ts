@@ -1,0 +1,132 @@
+/**
+ * The data path of a full point (docs/FORMAT.md §4.1): the raw image and its block map in one
+ * pass. Each block's data runs are copied into a pooled shared-memory buffer with zeros between
+ * them; a finished block is then hashed on the hash worker and its runs written from that same
+ * buffer, both while the next block is assembled. So every byte is copied once, hashing is off
+ * the main thread, and holes stay holes (only data runs are written).
+ */
+import type { FileHandle } from 'node:fs/promises';
+import { BufferPool } from '../util/buffer-pool.js';
+import { zeroDigest } from './block-map.js';
+import { BackgroundSync, writeAll } from './coalescing-writer.js';
+import { sha256Off } from './hash-worker.js';
+
+interface Pending {
+  block: number;
+  digest: Promise<Buffer>;
+  written: Promise<void>;
+  buffer: Buffer | undefined;
+}
+
+/** Blocks handed to the worker and the disk before the writer waits for the oldest. */
+const MAX_PENDING_BYTES = 16 << 20;
+/** Zero blocks queued behind a pending data block before the writer waits (a huge empty disk). */
+const MAX_QUEUED = 4096;
+
+export class BlockImageWriter {
+  private readonly pool: BufferPool;
+  private readonly maxPending: number;
+  private readonly queue: Pending[] = [];
+  private pendingData = 0;
+  private readonly sync: BackgroundSync;
+  /** The block being assembled; `fill` is how far its buffer content is defined. */
+  private block = 0;
+  private buffer: Buffer | undefined;
+  private fill = 0;
+  private runs: [number, number][] = [];
+
+  constructor(
+    private readonly fh: FileHandle,
+    readonly blockSize: number,
+    readonly size: number,
+    /** Receives each block's digest, in block order. */
+    private readonly emit: (digest: Buffer) => void | Promise<void>,
+  ) {
+    this.maxPending = Math.max(1, Math.floor(MAX_PENDING_BYTES / blockSize));
+    this.pool = new BufferPool(blockSize, this.maxPending + 1, true);
+    this.sync = new BackgroundSync(fh);
+  }
+
+  private blockLength(block: number): number {
+    return Math.min(this.blockSize, this.size - block * this.blockSize);
+  }
+
+  /** Data at `offset` (ascending, not overlapping, non-zero runs); copied before this returns. */
+  async data(offset: number, data: Buffer): Promise<void> {
+    let at = 0;
+    while (at < data.length) {
+      const pos = offset + at;
+      const block = Math.floor(pos / this.blockSize);
+      while (this.block < block) await this.finishBlock();
+      const blockStart = block * this.blockSize;
+      const inBlock = pos - blockStart;
+      if (block < this.block || inBlock < this.fill) throw new Error(`block image writer: data at ${pos} is not after the previous data`);
+      const take = Math.min(data.length - at, this.blockSize - inBlock);
+      this.buffer ??= this.pool.take();
+      // The hole between the previous run and this one reads as zeros, and is hashed as such.
+      this.buffer.fill(0, this.fill, inBlock);
+      data.copy(this.buffer, inBlock, at, at + take);
+      this.fill = inBlock + take;
+      const last = this.runs.at(-1);
+      if (last && last[1] === inBlock) last[1] = this.fill;
+      else this.runs.push([inBlock, this.fill]);
+      at += take;
+    }
+  }
+
+  /** Completes the image (blocks after the last data are zeros), waits for every write and digest. */
+  async finish(): Promise<void> {
+    const blocks = Math.ceil(this.size / this.blockSize);
+    while (this.block < blocks) await this.finishBlock();
+    while (this.queue.length) await this.drainHead();
+    await this.sync.wait();
+  }
+
+  /** Abandons pending work without leaving unobserved failures (the caller discards the file). */
+  async abort(): Promise<void> {
+    await Promise.allSettled(this.queue.flatMap((p) => [p.digest, p.written]));
+    this.queue.length = 0;
+  }
+
+  private async finishBlock(): Promise<void> {
+    const block = this.block;
+    const length = this.blockLength(block);
+    const buffer = this.buffer;
+    if (!buffer) {
+      this.queue.push({ block, digest: Promise.resolve(zeroDigest(length)), written: Promise.resolve(), buffer: undefined });
+    } else {
+      buffer.fill(0, this.fill, length);
+      const view = buffer.subarray(0, length);
+      const runs = this.runs;
+      const start = block * this.blockSize;
+      const written = (async () => {
+        for (const [s, e] of runs) await writeAll(this.fh, view.subarray(s, e), start + s);
+      })();
+      const bytes = runs.reduce((n, [s, e]) => n + e - s, 0);
+      this.sync.wrote(bytes, written);
+      const digest = sha256Off(view);
+      // Observed in drainHead (or abort); never an unhandled rejection meanwhile.
+      written.catch(() => {});
+      digest.catch(() => {});
+      this.queue.push({ block, digest, written, buffer });
+      this.pendingData++;
+    }
+    this.block++;
+    this.buffer = undefined;
+    this.fill = 0;
+    this.runs = [];
+    // Zero blocks at the head are done already; data blocks are waited for once too many are out.
+    while (this.queue.length && (!this.queue[0]!.buffer || this.pendingData > this.maxPending || this.queue.length > MAX_QUEUED)) await this.drainHead();
+  }
+
+  private async drainHead(): Promise<void> {
+    const head = this.queue[0]!;
+    const [digest] = await Promise.all([head.digest, head.written]);
+    this.queue.shift();
+    if (head.buffer) {
+      this.pendingData--;
+      this.pool.give(head.buffer);
+    }
+    await this.emit(digest);
+  }
+}

@@ -1,0 +1,96 @@
+import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { BlockMapBuilder } from '../../../src/repository/block-map.js';
+import { BlockImageWriter } from '../../../src/repository/block-image-writer.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'vprotect-biw-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Deterministic bytes, never zero (so a run is data all along). */
+function bytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = 1 + ((i * 131 + seed * 7919) % 255);
+  return b;
+}
+
+/** Writes `runs` through BlockImageWriter; returns the file, its digests, and the reference digests and image. */
+async function run(size: number, blockSize: number, runs: [number, Buffer][]) {
+  const path = join(dir, `img-${size}-${blockSize}.raw`);
+  const fh = await open(path, 'w');
+  await fh.truncate(size);
+  const digests: string[] = [];
+  const w = new BlockImageWriter(fh, blockSize, size, (d) => void digests.push(d.toString('hex')));
+  for (const [off, data] of runs) await w.data(off, data);
+  await w.finish();
+  await fh.close();
+  const expectedImage = Buffer.alloc(size);
+  const reference: string[] = [];
+  const builder = new BlockMapBuilder(blockSize, (d) => reference.push(d.toString('hex')));
+  for (const [off, data] of runs) {
+    data.copy(expectedImage, off);
+    builder.data(off, data);
+  }
+  builder.finish(size);
+  return { path, digests, reference, image: await readFile(path), expectedImage };
+}
+
+describe('BlockImageWriter', () => {
+  it('writes the image and the same block map as BlockMapBuilder: runs across blocks, gaps, a short last block', async () => {
+    const bs = 65536;
+    const size = 10 * bs + 1234;
+    const runs: [number, Buffer][] = [
+      [100, bytes(5000, 1)],
+      [5100, bytes(3 * bs, 2)], // contiguous with the previous run, spans blocks
+      [4 * bs + 4096, bytes(4096, 3)],
+      [7 * bs, bytes(bs, 4)], // exactly one block
+      [10 * bs + 1000, bytes(234, 5)], // ends at the disk's end, in the short last block
+    ];
+    const r = await run(size, bs, runs);
+    expect(r.digests).toEqual(r.reference);
+    expect(r.image.equals(r.expectedImage)).toBe(true);
+  });
+
+  it('a disk with no data: zero digests only, nothing written (the file stays a hole)', async () => {
+    const bs = 65536;
+    const r = await run(64 * bs, bs, []);
+    expect(r.digests).toEqual(r.reference);
+    expect(r.digests).toHaveLength(64);
+    expect((await stat(r.path)).blocks).toBe(0);
+  });
+
+  it('an empty disk has an empty map', async () => {
+    const r = await run(0, 65536, []);
+    expect(r.digests).toEqual([]);
+  });
+
+  it('many small blocks in flight keep their order', async () => {
+    const bs = 65536;
+    const size = 300 * bs;
+    const runs: [number, Buffer][] = [];
+    for (let b = 0; b < 300; b += 1 + (b % 3)) runs.push([b * bs + (b % 7) * 512, bytes(bs / 2, b)]);
+    const r = await run(size, bs, runs);
+    expect(r.digests).toEqual(r.reference);
+    expect(r.image.equals(r.expectedImage)).toBe(true);
+  });
+
+  it('refuses data that goes backwards (a caller bug must not write a wrong image)', async () => {
+    const fh = await open(join(dir, 'x.raw'), 'w');
+    try {
+      const w = new BlockImageWriter(fh, 65536, 1 << 20, () => {});
+      await w.data(5000, bytes(100, 1));
+      await expect(w.data(4000, bytes(100, 2))).rejects.toThrow(/not after the previous data/);
+      await w.data(3 * 65536, bytes(100, 3));
+      await expect(w.data(65536, bytes(100, 4))).rejects.toThrow(/not after the previous data/); // an earlier block
+      await w.abort();
+    } finally {
+      await fh.close();
+    }
+  });
+});
