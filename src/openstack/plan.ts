@@ -19,7 +19,7 @@ import { parseImage, type Image } from './glance.js';
 import { Reader } from './json.js';
 import { parseFlavor, parseKeypair, parseServer, type Flavor, type Keypair, type Server } from './nova.js';
 import { parsePort, type Port } from './neutron.js';
-import type { ServerSpec } from './nova.js';
+import type { BlockDevice, ServerSpec } from './nova.js';
 import type { DiskRecord } from './vm.js';
 
 /** A point's metadata/ directory, typed with the same parsers as the live API. */
@@ -280,7 +280,7 @@ export function serverSpecFor(plan: RestorePlan, made: { volumes: Record<string,
   const server = plan.steps.find((s): s is Extract<RestoreStep, { action: 'create-server' }> => s.action === 'create-server');
   if (!server) throw new Error('the plan has no create-server step');
   const volumes = plan.steps.filter((s): s is Extract<RestoreStep, { action: 'create-volume' }> => s.action === 'create-volume');
-  const blockDevices = volumes.map((v) => {
+  const blockDevices: BlockDevice[] = volumes.map((v) => {
     const id = made.volumes[v.disk];
     if (!id) throw new Error(`no volume was created for disk ${v.disk}`);
     // As the original: a volume Nova deleted with its server is deleted with the restored one.
@@ -289,6 +289,11 @@ export function serverSpecFor(plan: RestorePlan, made: { volumes: Record<string,
   });
   if (server.boot === 'image' && !made.imageId) throw new Error('an image-booted server needs the uploaded root image');
   if (server.boot === 'volume' && !blockDevices.some((b) => b.bootIndex === 0) && blockDevices[0]) blockDevices[0].bootIndex = 0;
+  // Nova wants a boot sequence that starts at 0 among block_device_mapping_v2: an image-booted
+  // server with volumes lists its image as the local boot disk (what `--image` + `--block-device` does).
+  if (server.boot === 'image' && blockDevices.length) {
+    blockDevices.unshift({ uuid: made.imageId!, sourceType: 'image', destinationType: 'local', bootIndex: 0, deleteOnTermination: true });
+  }
   return {
     name: server.name,
     flavorId: server.flavor.id,

@@ -214,7 +214,8 @@ export async function restoreToCloud(req: RestoreCloudRequest): Promise<RestoreC
         notes.push(`image ${image.name} (${image.id}) holds the restored root disk and is kept: the server was booted from it, and a rebuild, resize, evacuation or unshelve needs it; remove it when the server no longer does: ${removalCommand({ kind: 'image', id: image.id, name: image.name }, target === req.cloud ? undefined : plan.target.project.id)}`);
       }
     }
-    if (meta.server.powerState !== 'running') notes.push(`the original was ${meta.server.powerState} when it was backed up; the restored server runs`);
+    // (Not "paused": a snapshot pauses the guest for a moment, and the metadata may see that.)
+    if (meta.server.powerState === 'shutdown') notes.push('the original was shut off when it was backed up; the restored server runs (stop it with `openstack server stop` if it should not)');
     return {
       point: point.pointId,
       vm: point.vmId,

@@ -20,7 +20,7 @@ import type { Inventory } from '../../../src/inventory/types.js';
 import { silentLogger } from '../../../src/log.js';
 import { Cloud } from '../../../src/openstack/cloud.js';
 import { readMetadata } from '../../../src/openstack/plan.js';
-import { createServer, createVolume, deleteImage, deleteServer, deleteVolume, downloadImage } from '../../../src/openstack/restore.js';
+import { attachVolume, createServer, createVolume, deleteImage, deleteServer, deleteVolume, downloadImage } from '../../../src/openstack/restore.js';
 import { settingsFromInventory } from '../../../src/openstack/settings.js';
 import { openRepository } from '../../../src/repository/repository.js';
 import { RestoreCloudError, restoreToCloud, type RestoreCloudRequest } from '../../../src/restore-cloud/run.js';
@@ -40,7 +40,7 @@ let cloud: Cloud;
 /** Everything the tests create, removed in afterAll whatever happened. */
 const created = { servers: new Set<string>(), volumes: new Set<string>(), images: new Set<string>() };
 /** The source instances. */
-let imageBooted: { id: string; domain: string; point?: string };
+let imageBooted: { id: string; domain: string; dataVolumeId: string; point?: string };
 let volumeBooted: { id: string; domain: string; volumeId: string; point?: string };
 /** The volume the successful volume-booted restore made. */
 let restoredVolume: string | undefined;
@@ -51,9 +51,10 @@ async function sha256File(file: string): Promise<string> {
   return h.digest('hex');
 }
 
-function guestIo(domain: string, command: string): void {
+/** A write inside the running guest, to its first (scsi0-0-0-0) or second (scsi0-0-0-1) disk. */
+function guestIo(domain: string, command: string, device = 'scsi0-0-0-0'): void {
   const ssh = requireLabSsh();
-  execFileSync('ssh', ['-F', ssh.configFile!, ssh.hostAlias!, 'virsh', 'qemu-monitor-command', domain, '--hmp', `'qemu-io -d scsi0-0-0-0 "${command}"'`], { stdio: 'pipe' });
+  execFileSync('ssh', ['-F', ssh.configFile!, ssh.hostAlias!, 'virsh', 'qemu-monitor-command', domain, '--hmp', `'qemu-io -d ${device} "${command}"'`], { stdio: 'pipe' });
 }
 
 async function backup(policy: string, vm: string): Promise<string> {
@@ -64,10 +65,10 @@ async function backup(policy: string, vm: string): Promise<string> {
   return summary!.ok![0]!.pointId;
 }
 
-/** The point's (only) disk restored to a file: its sha256, and `length` bytes at `offset`. */
-async function pointSha(point: string, at: { offset: number; length: number }): Promise<{ sha: string; bytes: Buffer }> {
+/** A disk of the point restored to a file: its sha256, and `length` bytes at `offset`. */
+async function pointSha(point: string, at: { offset: number; length: number }, disk?: string): Promise<{ sha: string; bytes: Buffer }> {
   const file = join(work, `${point}.raw`);
-  const r = await runCli(['-c', INVENTORY, 'restore', '--point', point, '--to-file', file, '-d', repoDir], { timeoutMs: 300_000 });
+  const r = await runCli(['-c', INVENTORY, 'restore', '--point', point, ...(disk ? ['--disk', disk] : []), '--to-file', file, '-d', repoDir], { timeoutMs: 300_000 });
   expect(r.code, r.stderr).toBe(0);
   try {
     const bytes = Buffer.alloc(at.length);
@@ -139,8 +140,13 @@ beforeAll(async () => {
   // Both sources at once: TCG guests take ~40 s each to become ACTIVE.
   const [a, b] = await Promise.all([
     (async () => {
-      const s = await createServer(cloud, { name: `${tag}-img`, flavorId, imageId: lab.image.id, networks: 'none', availabilityZone: 'nova' }, wait, { onCreated: (id) => created.servers.add(id) });
-      return { id: s.id, domain: s.instanceName! };
+      // With an empty data volume attached: a libvirt-ssh point holding a Cinder (RBD) volume.
+      const [s, data] = await Promise.all([
+        createServer(cloud, { name: `${tag}-img`, flavorId, imageId: lab.image.id, networks: 'none', availabilityZone: 'nova' }, wait, { onCreated: (id) => created.servers.add(id) }),
+        createVolume(cloud, { sizeGb: 1, name: `${tag}-data`, volumeType: lab.volumeType.name }, wait, { onCreated: (id) => created.volumes.add(id) }),
+      ]);
+      await attachVolume(cloud, s.id, data.id, {}, wait);
+      return { id: s.id, domain: s.instanceName!, dataVolumeId: data.id };
     })(),
     (async () => {
       const v = await createVolume(cloud, { sizeGb: 1, name: `${tag}-boot`, imageId: lab.image.id, volumeType: lab.volumeType.name }, wait, { onCreated: (id) => created.volumes.add(id) });
@@ -175,28 +181,38 @@ afterAll(async () => {
 
 interface CliResult {
   server: { id: string; name: string; status: string; host: string };
-  volumes: { id: string; boot: boolean; rbd: string; disk: string }[];
+  volumes: { id: string; boot: boolean; rbd: string; disk: string; sourceDisk: string }[];
   image?: { id: string; sha256: string; kept: boolean };
   notes: string[];
 }
 
 describe('restore --to-cloud', () => {
-  it('an image-booted instance of the qcow2 compute: root disk to Glance, new server ACTIVE, its disk bit-identical to the point', async () => {
+  it('an image-booted instance of the qcow2 compute with a Cinder volume (libvirt-ssh point): root disk to Glance, volume through RBD, server ACTIVE, both disks bit-identical', async () => {
     guestIo(imageBooted.domain, 'write -P 0x6b 40M 256k');
+    guestIo(imageBooted.domain, 'write -P 0x77 300M 128k', 'scsi0-0-0-1');
     const point = (imageBooted.point = await backup('lab-kvm', imageBooted.id));
-    const ref = await pointSha(point, { offset: 40 << 20, length: 256 << 10 });
+    // libvirt-ssh keys disks by target: sda (root), sdb (the volume, tied to it by <serial>).
+    const ref = await pointSha(point, { offset: 40 << 20, length: 256 << 10 }, 'sda');
     // The guest's write is in the point (so the comparison is not just with the lab image).
     expect(ref.bytes.equals(Buffer.alloc(256 << 10, 0x6b))).toBe(true);
     const expected = ref.sha;
+    const dataRef = await pointSha(point, { offset: 300 << 20, length: 128 << 10 }, 'sdb');
+    expect(dataRef.bytes.equals(Buffer.alloc(128 << 10, 0x77))).toBe(true);
 
     const name = `${tag}-img-restored`;
     const r = await runCli(['--json', '-c', INVENTORY, 'restore', '--point', point, '--to-cloud', 'lab', '--name', name, '-d', repoDir], { timeoutMs: 900_000 });
     const doc = JSON.parse(r.stdout || '{}') as CliResult;
     if (doc.server?.id) created.servers.add(doc.server.id);
     if (doc.image?.id) created.images.add(doc.image.id);
+    for (const v of doc.volumes ?? []) created.volumes.add(v.id);
     expect(r.code, r.stderr).toBe(0);
     expect(doc.server).toMatchObject({ name, status: 'ACTIVE', host: lab.computes.find((c) => c.imagesType === 'qcow2')!.host });
-    expect(doc.volumes).toEqual([]);
+    expect(doc.volumes).toHaveLength(1);
+    const vol = doc.volumes[0]!;
+    expect(vol).toMatchObject({ boot: false, disk: `volume-${imageBooted.dataVolumeId}`, sourceDisk: 'sdb' });
+    expect(await rbdExportSha(`${lab.volumeType.rbdPool}/volume-${vol.id}`)).toBe(dataRef.sha);
+    const server = await (await cloud.nova()).getServer(doc.server.id);
+    expect(server.volumesAttached.map((a) => a.id)).toEqual([vol.id]);
     expect(doc.image).toMatchObject({ kept: true, sha256: expected });
     expect(doc.notes.join('\n')).toMatch(/holds the restored root disk and is kept.*openstack image delete/);
 
@@ -215,7 +231,7 @@ describe('restore --to-cloud', () => {
   it('a volume-booted instance of the rbd compute: new bootable Cinder volume written through RBD, server ACTIVE from it, bit-identical', async () => {
     guestIo(volumeBooted.domain, 'write -P 0x3c 48M 192k');
     const point = (volumeBooted.point = await backup('lab-rbd', volumeBooted.id));
-    const ref = await pointSha(point, { offset: 48 << 20, length: 192 << 10 });
+    const ref = await pointSha(point, { offset: 48 << 20, length: 192 << 10 }, `volume-${volumeBooted.volumeId}`);
     expect(ref.bytes.equals(Buffer.alloc(192 << 10, 0x3c))).toBe(true);
     const expected = ref.sha;
 
