@@ -7,6 +7,7 @@ import { UnavailableError, VprotectError } from '../../src/errors.js';
 import type { HypervisorConfig } from '../../src/inventory/types.js';
 import type { Logger } from '../../src/log.js';
 import { CommandFailedError } from '../../src/transport/command.js';
+import { shellQuote } from '../../src/transport/quote.js';
 import type { ExecResult, SshConnection } from '../../src/transport/ssh.js';
 
 /** A libvirt/virsh failure with libvirt's own message ("error: …") as the message. */
@@ -60,7 +61,8 @@ export class Hypervisor {
     return r;
   }
 
-  private virshArgv(args: string[]): string[] {
+  /** The argv of `virsh ARGS` against the inventory's libvirt URI (for command batches). */
+  virshArgv(args: string[]): string[] {
     return ['virsh', '-q', ...(this.config.libvirtUri ? ['-c', this.config.libvirtUri] : []), ...args];
   }
 
@@ -73,11 +75,14 @@ export class Hypervisor {
     let r = await this.exec(argv, { timeoutMs: opts.timeoutMs ?? 120_000, ...opts });
     // Seen under load: the channel closed with neither exit status nor signal. Queries are safe to ask again.
     if (r.code === undefined && r.signal === undefined && QUERIES.has(args[0]!)) r = await this.exec(argv, { timeoutMs: opts.timeoutMs ?? 120_000, ...opts });
-    if (r.code !== 0) {
-      const msg = r.stderr.split('\n').map((l) => l.trim()).filter((l) => l && l !== 'error: ' ).map((l) => l.replace(/^error:\s*/, '')).join('; ');
-      throw new VirshError(`virsh ${args[0]} on ${this.name} failed: ${msg || `exit status ${r.code ?? r.signal}`}`, r.stderr);
-    }
+    if (r.code !== 0) throw this.virshError(args, r);
     return r.stdout;
+  }
+
+  /** The VirshError of a failed `virsh ARGS` (libvirt's own words). */
+  virshError(args: string[], r: { code: number | undefined; signal?: string | undefined; stderr: string }): VirshError {
+    const msg = r.stderr.split('\n').map((l) => l.trim()).filter((l) => l && l !== 'error:').map((l) => l.replace(/^error:\s*/, '')).join('; ');
+    return new VirshError(`virsh ${args[0]} on ${this.name} failed: ${msg || `exit status ${r.code ?? r.signal}`}`, r.stderr);
   }
 
   /** Writes `content` to a file on the hypervisor (via stdin: no size limit of argv, no quoting issue). */
@@ -157,9 +162,45 @@ export class Hypervisor {
     throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort`);
   }
 
+  /**
+   * `abortJob` as one remote command, for command batches: ends the domain's backup job only if
+   * it is the run's own (its XML names `ownMark`, the run directory), then waits for libvirt to
+   * have torn it down (both domjobinfo and backup-dumpxml: seen out of step under load).
+   */
+  endOwnBackupJobArgv(domain: string, ownMark: string): string[] {
+    const script = [
+      'dom=$1; mark=$2; poll=$3; shift 3',
+      'gone="no domain backup|does not have a backup job|no active backup|job id not found|not running"',
+      'x=$("$@" backup-dumpxml "$dom" 2>&1) || { printf "%s\\n" "$x" | grep -qiE "$gone" && exit 0; printf "%s\\n" "$x" >&2; exit 1; }',
+      'case $x in *"$mark"*) ;; *) exit 0 ;; esac',
+      'e=$("$@" domjobabort "$dom" 2>&1) || { printf "%s\\n" "$e" | grep -qiE "no job is active|not running|no active job" || { printf "%s\\n" "$e" >&2; exit 1; }; }',
+      'i=0',
+      'while [ $i -lt 100 ]; do',
+      // Both questions in one virsh process: the job is gone when neither answer shows it.
+      '  o=$("$@" "$poll" 2>/dev/null)',
+      '  case $o in *"Operation:"*Backup*|*"<domainbackup"*) ;; *) exit 0 ;; esac',
+      '  sleep 0.2; i=$((i+1))',
+      'done',
+      'echo "the backup job of $dom did not end within 20 s of domjobabort" >&2; exit 1',
+    ].join('\n');
+    // virsh's command-string parser takes POSIX-style quoting: shellQuote.
+    const poll = `domjobinfo ${shellQuote(domain)} ; backup-dumpxml ${shellQuote(domain)}`;
+    return ['sh', '-c', script, 'sh', domain, ownMark, poll, ...this.virshArgv([])];
+  }
+
+  /** `virsh checkpoint-delete` as one remote command for batches; an absent checkpoint is fine. */
+  deleteCheckpointArgv(domain: string, name: string, metadataOnly: boolean): string[] {
+    const script = 'e=$("$@" 2>&1) && exit 0; printf "%s\\n" "$e" | grep -qiE "not found|no domain checkpoint" && exit 0; printf "%s\\n" "$e" >&2; exit 1';
+    return ['sh', '-c', script, 'sh', ...this.virshArgv(['checkpoint-delete', domain, name, ...(metadataOnly ? ['--metadata'] : [])])];
+  }
+
   /** Creates a directory that qemu (vmUser) can create sockets and scratch files in. */
   async makeRunDir(dir: string): Promise<void> {
-    await this.run(['sh', '-c', 'mkdir -p -m 0755 "$(dirname "$1")" && mkdir -m 0700 "$1" && chown "$2" "$1"', 'sh', dir, this.vmUser], { signal: null });
+    await this.run(this.makeRunDirArgv(dir), { signal: null });
+  }
+
+  makeRunDirArgv(dir: string): string[] {
+    return ['sh', '-c', 'mkdir -p -m 0755 "$(dirname "$1")" && mkdir -m 0700 "$1" && chown "$2" "$1"', 'sh', dir, this.vmUser];
   }
 
   /** Whether a program exists on the hypervisor. */

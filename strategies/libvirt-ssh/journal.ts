@@ -5,7 +5,9 @@
  * domain, or `vprotect cleanup`, knows exactly what to undo or finish. The run directory also
  * holds the job's scratch files and NBD sockets; removing it removes them.
  */
+import { UnavailableError } from '../../src/errors.js';
 import { localLockEnv } from '../../src/repository/lock.js';
+import { writeFileStep, type Step } from './batch.js';
 import type { Hypervisor } from './hypervisor.js';
 
 export interface OverlayRecord {
@@ -55,15 +57,33 @@ export function newJournal(runId: string, domain: string, domainUuid: string, di
   };
 }
 
+/** The journal's atomic write (temporary file + rename), as a step of a command batch. */
+export function journalStep(j: Journal): Step {
+  return writeFileStep(`${j.dir}/${JOURNAL}`, `${JSON.stringify(j, null, 2)}\n`, '0644');
+}
+
 export async function writeJournal(hv: Hypervisor, j: Journal): Promise<void> {
-  await hv.writeFile(`${j.dir}/${JOURNAL}.tmp`, `${JSON.stringify(j, null, 2)}\n`, '0644');
-  await hv.run(['mv', '-f', `${j.dir}/${JOURNAL}.tmp`, `${j.dir}/${JOURNAL}`], { signal: null });
+  const r = await hv.exec(journalStep(j).argv, { signal: null });
+  if (r.code !== 0) throw new UnavailableError(`could not write the run journal ${j.dir}/${JOURNAL} on ${hv.name}: ${r.stderr.trim() || `exit status ${r.code ?? r.signal}`}`);
+}
+
+export interface ListedJournal {
+  dir: string;
+  journal: Journal | undefined;
+}
+
+/** The command listing every run directory under workDir with its journal on one line. */
+export function listJournalsArgv(workDir: string): string[] {
+  return ['sh', '-c', 'for d in "$1"/run-*; do [ -d "$d" ] || continue; printf "%s\\n" "$d"; cat "$d/journal.json" 2>/dev/null | tr -d "\\n"; printf "\\n"; done', 'sh', workDir];
 }
 
 /** Every run directory under workDir with its journal (undefined when unreadable: a run killed while creating it). */
-export async function listJournals(hv: Hypervisor, workDir: string): Promise<{ dir: string; journal: Journal | undefined }[]> {
-  const r = await hv.exec(['sh', '-c', 'for d in "$1"/run-*; do [ -d "$d" ] || continue; printf "%s\\n" "$d"; cat "$d/journal.json" 2>/dev/null | tr -d "\\n"; printf "\\n"; done', 'sh', workDir], { signal: null });
-  const lines = r.stdout.split('\n');
+export async function listJournals(hv: Hypervisor, workDir: string): Promise<ListedJournal[]> {
+  return parseJournalListing((await hv.exec(listJournalsArgv(workDir), { signal: null })).stdout);
+}
+
+export function parseJournalListing(stdout: string): ListedJournal[] {
+  const lines = stdout.split('\n');
   const out: { dir: string; journal: Journal | undefined }[] = [];
   for (let i = 0; i + 1 < lines.length; i += 2) {
     const dir = lines[i]!;

@@ -39,9 +39,10 @@ export async function startQemuNbd(hv: Hypervisor, r: QemuNbdRequest): Promise<v
 
 /** Stops a qemu-nbd started by startQemuNbd; a missing pid file or process is fine. */
 export async function stopQemuNbd(hv: Hypervisor, pidFile: string): Promise<void> {
+  await hv.exec(stopQemuNbdArgv(pidFile), { signal: null });
+}
+
+export function stopQemuNbdArgv(pidFile: string): string[] {
   // Only a qemu-nbd is signalled: a stale pid file must never kill a recycled pid.
-  await hv.exec(
-    ['sh', '-c', 'p=$(cat "$1" 2>/dev/null) || exit 0; [ -n "$p" ] || exit 0; grep -qs qemu-nbd "/proc/$p/cmdline" || exit 0; kill "$p"; for i in 1 2 3 4 5 6 7 8 9 10; do [ -d "/proc/$p" ] || exit 0; sleep 0.2; done; kill -9 "$p"', 'sh', pidFile],
-    { signal: null },
-  );
+  return ['sh', '-c', 'p=$(cat "$1" 2>/dev/null) || exit 0; [ -n "$p" ] || exit 0; grep -qs qemu-nbd "/proc/$p/cmdline" || exit 0; kill "$p"; for i in 1 2 3 4 5 6 7 8 9 10; do [ -d "/proc/$p" ] || exit 0; sleep 0.2; done; kill -9 "$p"', 'sh', pidFile];
 }

@@ -13,9 +13,11 @@ import type { Logger } from '../../src/log.js';
 import type { PreviousPoint } from '../../src/strategy/contract.js';
 import { deleteCheckpoint } from './checkpoint-mode.js';
 import type { Hypervisor } from './hypervisor.js';
-import { listJournals, ownerMayBeAlive, type Journal } from './journal.js';
+import { UnavailableError } from '../../src/errors.js';
+import { newBoundary, runBatch, virshMultiArgv, type Step } from './batch.js';
+import { journalStep, listJournals, ownerMayBeAlive, type Journal, type ListedJournal } from './journal.js';
 import { asAnchor } from './plan.js';
-import { stopQemuNbd } from './qemu-nbd.js';
+import { stopQemuNbd, stopQemuNbdArgv } from './qemu-nbd.js';
 import { commitFrozenOverlay, rollbackOverlay } from './snapshot-mode.js';
 
 /** Ends the domain's backup job if it is the one this run started (its files are in the run dir). */
@@ -48,13 +50,33 @@ function olderCheckpoints(j: Journal): string[] {
  * libvirt deletes bitmaps only of a running domain: otherwise the old bitmaps stay (harmless,
  * `qemu-img bitmap --remove` by hand).
  */
-export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boolean }): Promise<void> {
-  await endOwnJob(hv, j);
-  await stopServers(hv, j);
-  for (const name of olderCheckpoints(j)) await deleteCheckpoint(hv, j.domain, name, { metadataOnly: !opts.running });
-  if (j.checkpoint) await deleteCheckpoint(hv, j.domain, j.checkpoint.name, { metadataOnly: true });
-  for (const o of j.overlays ?? []) await commitFrozenOverlay(hv, j.domain, o);
-  await hv.remove(j.dir);
+export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boolean; writeJournalFirst?: boolean }): Promise<void> {
+  // One command batch for everything but overlay merges (blockcommit is long and watched step by step).
+  const steps: { step: Step; what: string }[] = [];
+  if (opts.writeJournalFirst) steps.push({ step: journalStep(j), what: 'writing the run journal' });
+  if (j.job) steps.push({ step: { argv: hv.endOwnBackupJobArgv(j.domain, j.dir) }, what: 'ending the backup job' });
+  for (const pid of j.nbdPidFiles ?? []) steps.push({ step: { argv: stopQemuNbdArgv(pid), mayFail: true }, what: 'stopping qemu-nbd' });
+  // Older checkpoints with their bitmaps first, then the new one's metadata only.
+  const deletes = [...olderCheckpoints(j).map((name) => ({ name, metadataOnly: !opts.running })), ...(j.checkpoint ? [{ name: j.checkpoint.name, metadataOnly: true }] : [])];
+  const deleteArgs = deletes.map((d) => ['checkpoint-delete', j.domain, d.name, ...(d.metadataOnly ? ['--metadata'] : [])]);
+  // All in one virsh process; any complaint (a checkpoint already gone, …) and they run again
+  // one by one below, where an absent checkpoint is fine and any other error is libvirt's own.
+  if (deleteArgs.length) steps.push({ step: { argv: ['sh', '-c', 'e=$("$@" 2>&1 >/dev/null); [ -z "$e" ] || { printf "%s\\n" "$e" >&2; exit 1; }', 'sh', ...virshMultiArgv(hv, deleteArgs, newBoundary())] }, what: 'deleting checkpoints' });
+  const overlays = j.overlays ?? [];
+  if (overlays.length === 0) steps.push({ step: { argv: ['rm', '-rf', '--', j.dir] }, what: `removing ${j.dir}` });
+  const results = await runBatch(hv, steps.map((s) => s.step), { signal: null });
+  let deletesDone = deleteArgs.length === 0;
+  let dirRemoved = false;
+  steps.forEach((s, i) => {
+    const r = results[i]!;
+    if (s.what === 'deleting checkpoints') deletesDone = r.code === 0;
+    else if (s.what.startsWith('removing')) dirRemoved = r.code === 0;
+    if (r.code === 0 || s.step.mayFail || r.code === undefined || s.what === 'deleting checkpoints') return;
+    throw new UnavailableError(`${s.what} on ${hv.name} failed: ${r.stderr.trim().slice(-500) || `exit status ${r.code}`}`);
+  });
+  if (!deletesDone) for (const d of deletes) await deleteCheckpoint(hv, j.domain, d.name, { metadataOnly: d.metadataOnly });
+  for (const o of overlays) await commitFrozenOverlay(hv, j.domain, o);
+  if (!dirRemoved) await hv.remove(j.dir);
 }
 
 /**
@@ -93,9 +115,9 @@ export interface Recovered {
  * repository's last complete point) decides the direction; without it (cleanup), only a run
  * that was committing is rolled forward.
  */
-export async function recoverStaleRuns(hv: Hypervisor, workDir: string, opts: { domain?: string; previous?: PreviousPoint | undefined; log: Logger }): Promise<Recovered[]> {
+export async function recoverStaleRuns(hv: Hypervisor, workDir: string, opts: { domain?: string; previous?: PreviousPoint | undefined; log: Logger; listed?: ListedJournal[] }): Promise<Recovered[]> {
   const done: Recovered[] = [];
-  for (const { dir, journal } of await listJournals(hv, workDir)) {
+  for (const { dir, journal } of opts.listed ?? (await listJournals(hv, workDir))) {
     if (!journal || (opts.domain !== undefined && journal.domain !== opts.domain) || ownerMayBeAlive(journal)) continue;
     const forward = journal.phase === 'committing' || pointIsFromRun(opts.previous, journal);
     const running = await isRunning(hv, journal.domain).catch(() => false);

@@ -25,12 +25,13 @@ import type { Extent } from '../../src/repository/extents.js';
 import { unifyLevels } from '../../src/engine/backup-vm.js';
 import type { BackupSession, BackupTarget, ConsistencyReport, DiskPlan, MetadataFile, PreviousPoint, StrategyContext } from '../../src/strategy/contract.js';
 import { connectSocketChannel, DEPTH_READ_CONTEXTS, dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, newCounters, readAllocationDepth, readDirty, readFull, type NbdDialer } from '../../src/transport/nbd/index.js';
-import { backupJobXml, checkpointXml, dumpCheckpoint, jobBitmapName, redefineCheckpoint, type JobDisk, type NbdServer } from './checkpoint-mode.js';
+import { newBoundary, runBatch, splitVirshMulti, virshMultiArgv, writeFileStep, type Step, type StepResult } from './batch.js';
+import { backupJobXml, checkpointForRedefine, checkpointXml, dumpCheckpoint, jobBitmapName, type JobDisk, type NbdServer } from './checkpoint-mode.js';
 import { borrowConnection, type BorrowedConnection } from './connections.js';
 import { checkHooks, freezeGuest, runHook, thawGuest } from './consistency.js';
 import { parseDomainXml, type DomainDisk, type DomainInfo } from './domain-xml.js';
 import { Hypervisor } from './hypervisor.js';
-import { newJournal, newRunId, writeJournal, type Journal, type OverlayRecord } from './journal.js';
+import { journalStep, listJournalsArgv, newJournal, newRunId, parseJournalListing, writeJournal, type Journal, type ListedJournal, type OverlayRecord } from './journal.js';
 import { asAnchor, chooseMode, decideLevel, parseOptions, selectDisks, type DiskAnchor, type LibvirtSshOptions, type Mode, type SkippedDisk } from './plan.js';
 import { startQemuNbd, stopQemuNbd } from './qemu-nbd.js';
 import { recoverStaleRuns, rollbackRun, finishRun } from './recovery.js';
@@ -54,19 +55,59 @@ export async function openSession(target: BackupTarget, ctx: StrategyContext): P
   const borrowed = await borrowConnection(target.hypervisor, ctx.env, ctx.log);
   try {
     const hv = new Hypervisor(borrowed.conn, target.hypervisor, ctx.log, ctx.signal);
-    const found = await readDomain(hv, target.domain);
-    return new LibvirtSshSession(target, ctx, options, hv, borrowed, found.domain, found.inactiveXml, found.state);
+    const found = await readDomain(hv, target.domain, options.workDir);
+    return new LibvirtSshSession(target, ctx, options, hv, borrowed, found);
   } catch (err) {
     await borrowed.release();
     throw err;
   }
 }
 
-/** The domain as it is now: state, parsed live XML, persistent XML (what a restore defines). */
-async function readDomain(hv: Hypervisor, name: string): Promise<{ state: string; domain: DomainInfo; inactiveXml: string }> {
-  const state = await hv.domainState(name);
-  if (state === undefined) throw new UnavailableError(`domain ${name} does not exist on ${hv.name}`, { hint: 'check the domain name (virsh list --all) and the hypervisor' });
-  return { state, domain: parseDomainXml(await hv.dumpXml(name)), inactiveXml: await hv.dumpXml(name, true) };
+/** What one look at the hypervisor tells about the domain, before anything is changed. */
+interface DomainView {
+  state: string;
+  /** Parsed live XML. */
+  domain: DomainInfo;
+  /** Persistent XML (what a restore defines). */
+  inactiveXml: string;
+  /** `virsh domblkinfo --all` (sizes of the file disks), or its failure. */
+  blkinfo: StepResult;
+  /** Checkpoint names libvirt knows, undefined when the query failed (asked again when needed). */
+  checkpoints: string[] | undefined;
+  /** Run directories under workDir with their journals (killed runs to finish or undo). */
+  journals: ListedJournal[];
+}
+
+/**
+ * The domain as it is now, in one exec: every virsh query in one virsh process, beside the
+ * journal listing. When virsh complained about anything, the queries run again one process
+ * each, so that each error is told apart (a missing domain, a libvirt without checkpoints).
+ */
+async function readDomain(hv: Hypervisor, name: string, workDir: string): Promise<DomainView> {
+  const queries: string[][] = [['domstate', name], ['dumpxml', name], ['dumpxml', '--inactive', name], ['domblkinfo', name, '--all'], ['checkpoint-list', name, '--name']];
+  const boundary = newBoundary();
+  const fast = [{ argv: virshMultiArgv(hv, queries, boundary) }, { argv: listJournalsArgv(workDir) }];
+  // Queries only: safe to ask again when the batch itself was lost (seen under load: no exit status).
+  const f = await runBatch(hv, fast, { parallel: true, signal: null }).catch(() => runBatch(hv, fast, { parallel: true, signal: null }));
+  const sections = f[0]!.code === 0 && f[0]!.stderr.trim() === '' ? splitVirshMulti(f[0]!.stdout, boundary, queries.length) : undefined;
+  let r: StepResult[];
+  if (sections) r = sections.map((stdout) => ({ code: 0, stdout, stderr: '' }));
+  else r = await runBatch(hv, queries.map((q) => ({ argv: hv.virshArgv(q) })), { parallel: true, signal: null });
+  const [state, live, inactive, blkinfo, checkpoints] = r as [StepResult, StepResult, StepResult, StepResult, StepResult];
+  if (state.code !== 0) {
+    if (/failed to get domain|Domain not found/i.test(state.stderr)) throw new UnavailableError(`domain ${name} does not exist on ${hv.name}`, { hint: 'check the domain name (virsh list --all) and the hypervisor' });
+    throw hv.virshError(queries[0]!, state);
+  }
+  if (live.code !== 0) throw hv.virshError(queries[1]!, live);
+  if (inactive.code !== 0) throw hv.virshError(queries[2]!, inactive);
+  return {
+    state: state.stdout.trim(),
+    domain: parseDomainXml(live.stdout),
+    inactiveXml: inactive.stdout,
+    blkinfo,
+    checkpoints: checkpoints.code === 0 ? checkpoints.stdout.split('\n').map((l) => l.trim()).filter(Boolean) : undefined,
+    journals: parseJournalListing(f[1]!.stdout),
+  };
 }
 
 export class LibvirtSshSession implements BackupSession {
@@ -91,12 +132,20 @@ export class LibvirtSshSession implements BackupSession {
     readonly options: LibvirtSshOptions,
     readonly hv: Hypervisor,
     private readonly borrowed: BorrowedConnection,
-    public domain: DomainInfo,
-    private inactiveXml: string,
-    public domainState: string,
+    private view: DomainView,
   ) {
-    this.domainName = domain.name;
-    this.journal = newJournal(this.runId, domain.name, domain.uuid, `${options.workDir.replace(/\/+$/, '')}/${this.runId}`);
+    this.domainName = view.domain.name;
+    this.journal = newJournal(this.runId, view.domain.name, view.domain.uuid, `${options.workDir.replace(/\/+$/, '')}/${this.runId}`);
+  }
+
+  get domain(): DomainInfo {
+    return this.view.domain;
+  }
+  get domainState(): string {
+    return this.view.state;
+  }
+  private get inactiveXml(): string {
+    return this.view.inactiveXml;
   }
 
   get runDir(): string {
@@ -115,13 +164,10 @@ export class LibvirtSshSession implements BackupSession {
   async plan(request: { level: BackupLevel; previous: PreviousPoint | undefined }): Promise<DiskPlan[]> {
     const { hv, domainName } = this;
     // Whatever a killed run of this domain left is finished (its point is durable) or undone first.
-    const recovered = await recoverStaleRuns(hv, this.options.workDir, { domain: domainName, previous: request.previous, log: this.ctx.log });
+    const recovered = await recoverStaleRuns(hv, this.options.workDir, { domain: domainName, previous: request.previous, log: this.ctx.log, listed: this.view.journals });
     if (recovered.length > 0) {
       // The recovery changed the domain (pivoted back, merged overlays): what open() read is stale.
-      const now = await readDomain(hv, domainName);
-      this.domain = now.domain;
-      this.inactiveXml = now.inactiveXml;
-      this.domainState = now.state;
+      this.view = await readDomain(hv, domainName, this.options.workDir);
     }
 
     const selected = selectDisks(this.domain, this.options);
@@ -136,33 +182,24 @@ export class LibvirtSshSession implements BackupSession {
     const plans: DiskState[] = [];
     if (selected.rbd.length > 0) plans.push(...(await this.planRbd(selected.rbd, request)));
     this.hasFileDisks = selected.disks.length > 0;
-    const sizes = this.hasFileDisks ? await this.diskSizes() : new Map<string, number>();
-    if (this.hasFileDisks) {
-      await hv.makeRunDir(this.runDir);
-      await writeJournal(hv, this.journal);
-    }
-
-    let checkpoints = running && this.hasFileDisks ? await hv.checkpointNames(domainName) : [];
-    for (const disk of selected.disks) {
+    const sizes = this.hasFileDisks ? this.diskSizes() : new Map<string, number>();
+    const checkpoints = running && this.hasFileDisks ? (this.view.checkpoints ?? (await hv.checkpointNames(domainName))) : [];
+    const seen = selected.disks.map((disk) => {
       const size = sizes.get(disk.target);
       if (size === undefined) throw new UnavailableError(`${domainName} ${disk.target}: virsh domblkinfo gave no capacity`);
-      const chosen = chooseMode(disk, this.options.mode);
       const prev = request.previous?.disks.find((d) => d.key === disk.target);
-      const anchor = asAnchor(prev?.sourceAnchor);
-      let redefineFailure: string | undefined;
-      if (running && chosen.mode === 'checkpoint' && anchor?.mode === 'checkpoint' && anchor.domainUuid === this.domain.uuid && !checkpoints.includes(anchor.checkpoint)) {
-        // The normal case: the previous run left the bitmap in the qcow2 but removed the
-        // checkpoint's libvirt metadata (Nova cannot undefine a domain with checkpoints);
-        // libvirt needs it back to read the bitmap and to parent the new checkpoint.
-        // Journaled first, so that a killed run does not leave the metadata behind.
-        this.journal.redefined = [...(this.journal.redefined ?? []), anchor.checkpoint];
-        await writeJournal(hv, this.journal);
-        redefineFailure = await redefineCheckpoint(hv, domainName, anchor.checkpointXml, `${this.runDir}/redefine.xml`);
-        if (redefineFailure === undefined) {
-          this.ctx.log.debug(`${domainName}: checkpoint ${anchor.checkpoint} redefined from the repository`);
-          checkpoints = await hv.checkpointNames(domainName);
-        }
-      }
+      return { disk, size, chosen: chooseMode(disk, this.options.mode), prev, anchor: asAnchor(prev?.sourceAnchor) };
+    });
+    // The normal case of an incremental: the previous run left the bitmap in the qcow2 but removed
+    // the checkpoint's libvirt metadata (Nova cannot undefine a domain with checkpoints); libvirt
+    // needs it back to read the bitmap and to parent the new checkpoint.
+    const toRedefine = new Map<string, string>();
+    for (const { chosen, anchor } of seen) {
+      if (running && chosen.mode === 'checkpoint' && anchor?.mode === 'checkpoint' && anchor.domainUuid === this.domain.uuid && !checkpoints.includes(anchor.checkpoint)) toRedefine.set(anchor.checkpoint, anchor.checkpointXml);
+    }
+    const redefineFailures = this.hasFileDisks ? await this.prepareRunDir(toRedefine, checkpoints) : new Map<string, string>();
+    for (const { disk, size, chosen, prev, anchor } of seen) {
+      const redefineFailure = anchor?.mode === 'checkpoint' ? redefineFailures.get(anchor.checkpoint) : undefined;
       const decision = decideLevel(
         {
           disk,
@@ -212,14 +249,52 @@ export class LibvirtSshSession implements BackupSession {
     });
   }
 
-  private async diskSizes(): Promise<Map<string, number>> {
-    const out = await this.hv.virsh(['domblkinfo', this.domainName, '--all']);
+  private diskSizes(): Map<string, number> {
+    const r = this.view.blkinfo;
+    if (r.code !== 0) throw this.hv.virshError(['domblkinfo', this.domainName, '--all'], r);
     const m = new Map<string, number>();
-    for (const line of out.split('\n')) {
+    for (const line of r.stdout.split('\n')) {
       const f = line.trim().split(/\s+/);
       if (f.length >= 2 && /^\d+$/.test(f[1]!)) m.set(f[0]!, Number(f[1]));
     }
     return m;
+  }
+
+  /**
+   * One command batch: the run directory, the journal (naming the checkpoints about to be
+   * redefined, so that a killed run does not leave their metadata behind), the redefines
+   * (`--redefine-validate`: libvirt checks the bitmaps really are in the images), and for the
+   * netcat transport the hypervisor's listening ports. `checkpoints` gains the redefined names;
+   * returns libvirt's reason for each redefine that failed.
+   */
+  private async prepareRunDir(toRedefine: Map<string, string>, checkpoints: string[]): Promise<Map<string, string>> {
+    const { hv, domainName } = this;
+    if (toRedefine.size) this.journal.redefined = [...toRedefine.keys()];
+    const steps: Step[] = [{ argv: hv.makeRunDirArgv(this.runDir) }, journalStep(this.journal)];
+    const redefines: { name: string; at: number }[] = [];
+    for (const [name, xml] of toRedefine) {
+      const file = `${this.runDir}/redefine-${name}.xml`;
+      steps.push(writeFileStep(file, checkpointForRedefine(xml)));
+      redefines.push({ name, at: steps.length });
+      steps.push({ argv: hv.virshArgv(['checkpoint-create', domainName, file, '--redefine', '--redefine-validate']), mayFail: true });
+    }
+    const portsAt = this.options.transport === 'netcat' ? steps.push({ argv: ['ss', '-Htln'], mayFail: true }) - 1 : -1;
+    const r = await runBatch(hv, steps, { signal: null });
+    if (r[0]!.code !== 0) throw new UnavailableError(`could not create the run directory ${this.runDir} on ${hv.name}: ${r[0]!.stderr.trim() || 'not run'}`, { hint: `check workDir (${this.options.workDir}): its parent must exist or be creatable, and vmUser (${hv.vmUser}) must exist` });
+    for (let i = 1; i < steps.length; i++) {
+      if (steps[i]!.mayFail || r[i]!.code === 0) continue;
+      throw new UnavailableError(`could not write ${i === 1 ? 'the run journal' : 'a checkpoint XML'} in ${this.runDir} on ${hv.name}: ${r[i]!.stderr.trim() || 'not run'}`);
+    }
+    const failures = new Map<string, string>();
+    for (const { name, at } of redefines) {
+      const res = r[at]!;
+      if (res.code === 0) {
+        this.ctx.log.debug(`${domainName}: checkpoint ${name} redefined from the repository`);
+        checkpoints.push(name);
+      } else failures.set(name, hv.virshError(['checkpoint-create'], res).message.replace(/^virsh checkpoint-create on \S+ failed: /, ''));
+    }
+    if (portsAt >= 0) this.listeningPorts = listeningPorts(r[portsAt]!.stdout);
+    return failures;
   }
 
   private get checkpointDisks(): DiskState[] {
@@ -290,13 +365,19 @@ export class LibvirtSshSession implements BackupSession {
     }
     if (ovDisks.length) this.journal.overlays = ovDisks.map((d) => d.overlay!);
     this.journal.phase = 'snapshot';
-    if (this.hasFileDisks) await writeJournal(hv, this.journal);
-
-    let jobFiles: { job: string; checkpoint: string } | undefined;
-    if (cpDisks.length) jobFiles = await this.prepareJob(cpDisks);
+    const job = cpDisks.length ? await this.jobFiles(cpDisks) : undefined;
+    const jobFiles = job?.paths;
+    // The journal first (it announces the job, checkpoint and overlays), then the job's files.
+    const prepare: Step[] = this.hasFileDisks ? [journalStep(this.journal), ...(job?.steps ?? [])] : [];
     // Separate calls (overlays, each RBD snapshot, the backup job) must see the same instant.
     const calls = (cpDisks.length > 0 ? 1 : 0) + (ovDisks.length > 0 ? 1 : 0) + rbdCount;
     const pause = this.options.atomic && calls > 1;
+    if (job && calls === 1) {
+      // The common case (qcow2 disks only): everything in one command batch.
+      await this.beginJobInOneBatch(prepare, job.paths);
+      return undefined;
+    }
+    await this.runChecked(prepare, 'preparing the snapshot');
     const started = Date.now();
     try {
       if (pause) {
@@ -329,8 +410,41 @@ export class LibvirtSshSession implements BackupSession {
     return pause ? `${what} made with the domain paused for ${spanMs} ms: one instant for all disks` : `${what} made one after the other within ${spanMs} ms (atomic: false): each disk is crash-consistent on its own`;
   }
 
-  /** Writes the job and checkpoint XML into the run directory; returns their paths. */
-  private async prepareJob(cpDisks: DiskState[]): Promise<{ job: string; checkpoint: string }> {
+  /**
+   * journal + job files, then backup-begin and checkpoint-dumpxml in one virsh process: one exec.
+   * The job started exactly when the new checkpoint exists (backup-begin creates both at once);
+   * otherwise virsh's first error is backup-begin's.
+   */
+  private async beginJobInOneBatch(prepare: Step[], paths: { job: string; checkpoint: string }): Promise<void> {
+    const { hv, domainName } = this;
+    const begin = ['backup-begin', domainName, paths.job, paths.checkpoint];
+    const dump = ['checkpoint-dumpxml', domainName, this.checkpointName, '--no-domain'];
+    const boundary = newBoundary();
+    const r = await runBatch(hv, [...prepare, { argv: virshMultiArgv(hv, [begin, dump], boundary) }]);
+    this.checkSteps(prepare, r, 'preparing the snapshot');
+    const v = r[prepare.length]!;
+    const sections = splitVirshMulti(v.stdout, boundary, 2);
+    const xml = sections?.[1];
+    if (!xml || !xml.includes(`<name>${this.checkpointName}</name>`)) throw hv.virshError(begin, { ...v, code: v.code || 1 });
+    this.snapshotTaken = true;
+    this.newCheckpointXml = xml;
+  }
+
+  /** Runs steps as one batch; the first failure is an error naming `what`. */
+  private async runChecked(steps: Step[], what: string): Promise<void> {
+    if (steps.length) this.checkSteps(steps, await runBatch(this.hv, steps, { signal: null }), what);
+  }
+
+  private checkSteps(steps: Step[], r: StepResult[], what: string): void {
+    steps.forEach((step, i) => {
+      const res = r[i]!;
+      if (step.mayFail || res.code === 0) return;
+      throw new UnavailableError(`${what} on ${this.hv.name} failed: ${res.stderr.trim().slice(-500) || (res.code === undefined ? 'the command did not run' : `exit status ${res.code}`)}`);
+    });
+  }
+
+  /** The job and checkpoint XML as file writes into the run directory, and their paths. */
+  private async jobFiles(cpDisks: DiskState[]): Promise<{ paths: { job: string; checkpoint: string }; steps: Step[] }> {
     const incremental = cpDisks.find((d) => d.plan.level === 'incremental' && d.previousAnchor?.mode === 'checkpoint')?.previousAnchor as { checkpoint: string } | undefined;
     const jobDisks: JobDisk[] = cpDisks.map((d) => ({
       target: d.disk.target,
@@ -347,13 +461,13 @@ export class LibvirtSshSession implements BackupSession {
       `vprotect ${this.runId} (${this.target.vmName})`,
     );
     const paths = { job: `${this.runDir}/backup.xml`, checkpoint: `${this.runDir}/checkpoint.xml` };
-    await this.hv.writeFile(paths.job, job, '0644');
-    await this.hv.writeFile(paths.checkpoint, cp, '0644');
-    return paths;
+    return { paths, steps: [writeFileStep(paths.job, job, '0644'), writeFileStep(paths.checkpoint, cp, '0644')] };
   }
 
   private jobServer: NbdServer | undefined;
   private usedPorts = new Set<number>();
+  /** TCP ports listening on the hypervisor, as `ss -Htln` said during plan (netcat transport). */
+  private listeningPorts: Set<number> | undefined;
 
   /** A unix socket in the run dir (ssh transport) or a free TCP port of the hypervisor's netcat range. */
   private async nbdServerFor(name: string): Promise<NbdServer> {
@@ -361,12 +475,9 @@ export class LibvirtSshSession implements BackupSession {
     const nc = this.hv.config.netcat;
     if (!nc) throw new UsageError(`transport netcat needs netcat.ports for hypervisor ${this.hv.name} in the inventory`);
     const [lo, hi] = nc.ports.split('-').map(Number) as [number, number | undefined];
-    const listening = new Set(
-      (await this.hv.exec(['ss', '-Htln'], { signal: null })).stdout
-        .split('\n')
-        .map((l) => Number(/:(\d+)\s/.exec(l)?.[1]))
-        .filter((n) => n > 0),
-    );
+    // Asked once per run (in the plan's batch); ports this run took are in usedPorts.
+    const listening = this.listeningPorts ?? listeningPorts((await this.hv.exec(['ss', '-Htln'], { signal: null })).stdout);
+    this.listeningPorts = listening;
     for (let p = lo; p <= (hi ?? lo); p++) {
       if (!listening.has(p) && !this.usedPorts.has(p)) {
         this.usedPorts.add(p);
@@ -470,8 +581,8 @@ export class LibvirtSshSession implements BackupSession {
     if (this.hasFileDisks) {
       try {
         this.journal.phase = 'committing';
-        await writeJournal(this.hv, this.journal);
-        await finishRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused' });
+        // The journal write and every step of the commit in one command batch.
+        await finishRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused', writeJournalFirst: true });
       } catch (err) {
         fileError = err;
       }
@@ -511,6 +622,16 @@ export class LibvirtSshSession implements BackupSession {
       await this.borrowed.release();
     }
   }
+}
+
+/** Local ports in LISTEN state from `ss -Htln`. */
+function listeningPorts(ssOutput: string): Set<number> {
+  return new Set(
+    ssOutput
+      .split('\n')
+      .map((l) => Number(/:(\d+)\s/.exec(l)?.[1]))
+      .filter((n) => n > 0),
+  );
 }
 
 /** The format of the frozen file of snapshot mode: the disk's own format, or qcow2 for a kept overlay. */
