@@ -114,12 +114,13 @@ interface Held {
 /**
  * The state of one extents() walk: the block and records whose extents may still be in the
  * consumer's hands (a segment boundary can split one, so they are kept for the next segment),
- * the next block of the full image read ahead (the disk reads while this thread hashes), and
- * with reuseBuffers the pools everything is read into.
+ * the next blocks of the full image read ahead and hashed on the worker (while this thread
+ * hands out the current one), and with reuseBuffers the pools everything is read into.
  */
 class Walk {
   block: Held | undefined;
-  ahead: (Omit<Held, 'data'> & { ready: Promise<{ data: Buffer; digest?: Buffer }> }) | undefined;
+  /** In block order, all of one layer and segment. */
+  ahead: (Omit<Held, 'data'> & { ready: Promise<{ data: Buffer; digest?: Buffer }> })[] = [];
   readonly records = new Map<number, Held>();
   private readonly blockPools = new Map<number, BufferPool>();
   private readonly recordPool: BufferPool | undefined;
@@ -132,7 +133,7 @@ class Walk {
     if (!this.reuse) return undefined;
     let pool = this.blockPools.get(size);
     // Shared memory: the hash worker reads the block where it was read to.
-    if (!pool) this.blockPools.set(size, (pool = new BufferPool(size, 2, true)));
+    if (!pool) this.blockPools.set(size, (pool = new BufferPool(size, READ_AHEAD + 1, true)));
     return pool.take();
   }
 
@@ -148,11 +149,10 @@ class Walk {
     else this.blockPools.get(buffer.length)?.give(buffer);
   }
 
-  /** Waits for a read-ahead nobody will use, so no read outlives the walk. */
+  /** Waits for read-aheads nobody will use, so no read outlives the walk. */
   async abandonAhead(): Promise<void> {
-    const a = this.ahead;
-    this.ahead = undefined;
-    if (a) await a.ready.then(() => this.give(a.buffer), () => {});
+    const all = this.ahead.splice(0);
+    for (const a of all) await a.ready.then(() => this.give(a.buffer), () => {});
   }
 }
 
@@ -220,15 +220,15 @@ export class DiskReader {
     return out;
   }
 
-  /** Block `block` of the full image, checked; then starts reading the next data block before `segEnd`. */
+  /** Block `block` of the full image, checked; keeps READ_AHEAD data blocks before `segEnd` coming. */
   private async baseBlock(walk: Walk, layerNo: number, layer: BaseLayer, block: number, segEnd: number): Promise<Buffer> {
     if (walk.block?.layer === layerNo && walk.block.n === block) return walk.block.data;
     const start = block * layer.blockSize;
     const length = Math.min(layer.blockSize, layer.size - start);
     let held: Held;
-    const ahead = walk.ahead;
+    const ahead = walk.ahead[0];
     if (ahead?.layer === layerNo && ahead.n === block) {
-      walk.ahead = undefined;
+      walk.ahead.shift();
       held = { layer: ahead.layer, n: ahead.n, buffer: ahead.buffer, ...(await ahead.ready) };
     } else {
       await walk.abandonAhead();
@@ -254,17 +254,24 @@ export class DiskReader {
   }
 
   private readAhead(walk: Walk, layerNo: number, layer: BaseLayer, block: number, segEnd: number): void {
-    let next = block + 1;
-    while (next * layer.blockSize < segEnd && isZeroBlock(layer, next)) next++;
-    const start = next * layer.blockSize;
-    if (start >= segEnd) return;
+    let next = (walk.ahead.at(-1)?.n ?? block) + 1;
+    while (walk.ahead.length < READ_AHEAD) {
+      while (next * layer.blockSize < segEnd && isZeroBlock(layer, next)) next++;
+      if (next * layer.blockSize >= segEnd) return;
+      walk.ahead.push(this.startRead(walk, layerNo, layer, next));
+      next++;
+    }
+  }
+
+  private startRead(walk: Walk, layerNo: number, layer: BaseLayer, block: number): Walk['ahead'][number] {
+    const start = block * layer.blockSize;
     const buffer = walk.takeBlockBuffer(layer.blockSize);
     const length = Math.min(layer.blockSize, layer.size - start);
     // Read, then hash on the worker (shared buffers only): both while this thread hands out
     // the current block. A short read is hashed too; the length check rejects it anyway.
     const ready = readAt(layer.fh, start, length, buffer).then(async (data) => (buffer && layer.map ? { data, digest: await sha256Off(data) } : { data }));
     ready.catch(() => {}); // observed when used or abandoned; never an unhandled rejection
-    walk.ahead = { layer: layerNo, n: next, buffer, ready };
+    return { layer: layerNo, n: block, buffer, ready };
   }
 
   private async record(walk: Walk, layerNo: number, layer: DiffLayer, r: number): Promise<Buffer> {
@@ -284,6 +291,12 @@ export class DiskReader {
     for (const l of this.layers) if (l.kind !== 'none') await l.fh.close().catch(() => {});
   }
 }
+
+/**
+ * Blocks of the full image read and hashed ahead: two keep the disk reading while the worker
+ * hashes the previous one (reads and hashing of one block are sequential).
+ */
+const READ_AHEAD = 2;
 
 /** The block map records block `block` as all zeros (so it is a hole in the image). */
 function isZeroBlock(layer: BaseLayer, block: number): boolean {
