@@ -4,7 +4,7 @@
  * server, volume and image ids; on failure everything the run made is removed again, or the
  * error names what is left and the commands that remove it.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UsageError } from '../../errors.js';
 import { Cloud } from '../../openstack/cloud.js';
@@ -31,6 +31,11 @@ export const restoreCloud: Action = async (ctx, _args, opts) => {
   if (!cloudName || !inv.clouds[cloudName]) throw new UsageError(`say which cloud to restore into with --to-cloud CLOUD (the inventory has: ${clouds.join(', ') || 'none'})`);
 
   const metaDir = join(point.dir, 'metadata');
+  if (!(await stat(join(metaDir, 'server.json')).catch(() => undefined))) {
+    throw new UsageError(`point ${point.pointId} holds no cloud description of an instance (it was backed up as a libvirt domain or an RBD image, not from a cloud policy), so there is nothing to recreate in OpenStack`, {
+      hint: 'restore its disks with --to-file or --to-rbd, or the domain with restore-vm',
+    });
+  }
   const meta = await readMetadata(metaDir);
   const domainXml = await readFile(join(metaDir, 'domain.xml'), 'utf8').catch(() => undefined);
   const settings = settingsFromInventory(cloudName, inv.clouds[cloudName]!, { env: ctx.env, cwd: process.cwd() });
