@@ -47,6 +47,7 @@ export class BlockImageWriter {
   private buffer: Buffer | undefined;
   private fill = 0;
   private runs: [number, number][] = [];
+  private lastWrite: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly fh: FileHandle,
@@ -112,9 +113,11 @@ export class BlockImageWriter {
       const view = buffer.subarray(0, length);
       const runs = this.runs;
       const start = block * this.blockSize;
-      const written = (async () => {
+      // One write at a time, in order: concurrent writes to one file contend for its inode lock.
+      const written = this.lastWrite.then(async () => {
         for (const [s, e] of runs) await writeAll(this.fh, view.subarray(s, e), start + s);
-      })();
+      });
+      this.lastWrite = written;
       const bytes = runs.reduce((n, [s, e]) => n + e - s, 0);
       this.sync.wrote(bytes, written);
       const digest = sha256Off(view);
