@@ -68,7 +68,10 @@ if (args[0] === '--child') {
   }
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const u = process.resourceUsage();
-  process.stdout.write(JSON.stringify({ ...out, seconds, maxRssKiB: u.maxRSS, userS: u.userCPUTime / 1e6, sysS: u.systemCPUTime / 1e6 }) + '\n');
+  // CPU of the rbd commands this process ran and waited for (cutime + cstime, in clock ticks).
+  const stat = readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ');
+  const childrenS = (Number(stat[13]) + Number(stat[14])) / 100;
+  process.stdout.write(JSON.stringify({ ...out, seconds, maxRssKiB: u.maxRSS, userS: u.userCPUTime / 1e6, sysS: u.systemCPUTime / 1e6, childrenS }) + '\n');
   process.exit(0);
 }
 
@@ -78,14 +81,14 @@ const pool = opt('pool', 'volumes');
 const runs = Number(opt('runs', '4'));
 const rbdArgs = ['--id', ceph.user, '--conf', ceph.conf, '--keyring', ceph.keyring];
 const rbd = (...a) => execFileSync('rbd', [...rbdArgs, ...a], { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * MiB }).toString();
-/** Runs rbd under /usr/bin/time: seconds and peak RSS (KiB) of rbd itself. */
+/** Runs rbd under /usr/bin/time: seconds, peak RSS (KiB) and CPU seconds of rbd itself. */
 function timedRbd(...a) {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', 'rbd', ...rbdArgs, ...a], { encoding: 'utf8' });
+  const r = spawnSync('/usr/bin/time', ['-f', '%M %U %S', 'rbd', ...rbdArgs, ...a], { encoding: 'utf8' });
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   if (r.status !== 0) throw new Error(`rbd ${a.join(' ')} failed: ${r.stderr}`);
-  const rss = Number(r.stderr.trim().split('\n').at(-1));
-  return { seconds, maxRssKiB: rss };
+  const [rss, user, sys] = r.stderr.trim().split('\n').at(-1).split(' ').map(Number);
+  return { seconds, maxRssKiB: rss, cpuS: user + sys };
 }
 function child(...a) {
   const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', ...a], { encoding: 'utf8' });
@@ -187,6 +190,10 @@ try {
   }
 
   const m = (k, f = 'seconds') => median(results[k].map((r) => r[f]));
+  // Ratios of the same run (baseline and vprotect read the same snapshot minutes apart): the
+  // machine's load moves both, so per-run ratios vary less than ratios of medians.
+  const perRun = (mine, f, base) => results[mine].map((r, i) => results[base][i].seconds / r[f]);
+  const fmtRuns = (xs) => `${xs.map((x) => x.toFixed(2)).join(', ')}; median ${median(xs).toFixed(2)}×`;
   const dataFull = 1024 * MiB;
   const dataInc = stored.incDiffFile;
   const rows = [
@@ -197,10 +204,18 @@ try {
     ['restore (full + inc) to new image', m('restore'), m('restoreBase'), 'rbd import + snap create + import-diff', dataFull + dataInc],
   ];
   process.stdout.write(`\nceph-rbd on ${pool}, 2 GiB image / 1 GiB data, incremental 256 × 1 MiB; median of ${runs} run(s); load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`);
-  process.stdout.write('(whole run = plan + snapshot + data + manifest + rotation: ~8 rbd command start-ups, each 0.2–1 s on this machine)\n');
+  process.stdout.write('(whole run = plan + snapshot + data + manifest + rotation: an incremental runs 4 rbd commands one after the other, a first full 3)\n');
   for (const [what, mine, base, baseWhat, bytes] of rows) {
     process.stdout.write(`${what.padEnd(36)} vprotect ${mine.toFixed(2)} s (${gbps(bytes, mine)})  vs ${baseWhat} ${base.toFixed(2)} s (${gbps(bytes, base)})  ratio ${(base / mine).toFixed(2)}×\n`);
   }
+  process.stdout.write(
+    `ratios per run (baseline / vprotect): full data ${fmtRuns(perRun('full', 'dataSeconds', 'fullBase'))}; full whole ${fmtRuns(perRun('full', 'seconds', 'fullBase'))}\n` +
+      `  incremental data ${fmtRuns(perRun('inc', 'dataSeconds', 'incBase'))}; incremental whole ${fmtRuns(perRun('inc', 'seconds', 'incBase'))}; restore ${fmtRuns(perRun('restore', 'seconds', 'restoreBase'))}\n`,
+  );
+  const cpu = (k) => median(results[k].map((r) => r.userS + r.sysS + r.childrenS));
+  process.stdout.write(
+    `cpu seconds incl. rbd (median): vprotect full ${cpu('full').toFixed(2)} vs rbd export ${m('fullBase', 'cpuS').toFixed(2)}; vprotect incremental ${cpu('inc').toFixed(2)} vs rbd export-diff ${m('incBase', 'cpuS').toFixed(2)}\n`,
+  );
   process.stdout.write(`stored bytes: incremental ${stored.inc} vs export-diff ${stored.incDiffFile} = ${(stored.inc / stored.incDiffFile).toFixed(4)}×; full ${stored.full} data bytes\n`);
   process.stdout.write(
     `peak RSS (MiB): vprotect full ${(m('full', 'maxRssKiB') / 1024).toFixed(0)}, incremental ${(m('inc', 'maxRssKiB') / 1024).toFixed(0)}, restore ${(m('restore', 'maxRssKiB') / 1024).toFixed(0)}; ` +

@@ -188,8 +188,14 @@ export async function streamThroughSocket(argv: readonly string[], opts: { signa
       ours.once('connect', resolve);
       ours.once('error', reject);
     });
-    const [theirs] = await Promise.all([accepted, connected]);
-    // Nobody else may connect: the command gets the one connection we made.
+    let theirs: Socket;
+    try {
+      [theirs] = await Promise.all([accepted, connected]);
+    } catch (err) {
+      reader.close();
+      throw err;
+    }
+    // No second connection: only our uid can reach the 0700 directory, and we connected first.
     server.close();
     let command: ReturnType<typeof spawnWithStdout>;
     try {
