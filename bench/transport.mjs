@@ -3,9 +3,9 @@
  * Transport benchmark (not a test): full read of a 1 GiB random-data image
  *   (a) NBD over a local unix socket to qemu-nbd (our client), and nbdcopy (libnbd, C) as a peer
  *   (b) NBD over an SSH-forwarded unix socket through the lab's sshd: the OpenSSH data channel
- *       (ssh -L, what nbdDialer uses by default) and ssh2 (streamlocal), each with the SSH read
- *       pacing (256 KiB requests, 1 MiB in flight) and, as `-deep`, with the local-socket
- *       defaults (512 KiB, 64 MiB in flight) to show what the pacing is for
+ *       (ssh -L, what nbdDialer uses by default; paced at 256 KiB requests, 1 MiB in flight) and
+ *       ssh2 (streamlocal; the readers' defaults, 512 KiB, 64 MiB in flight), each also with the
+ *       other's settings (`-deep`, `-paced`) to show what the pacing does
  *   (c) `ssh -c aes128-gcm@openssh.com host cat file > /dev/null` (OpenSSH) and ssh2 execStream cat
  *   (d) netcat mode: NBD over TCP to qemu-nbd
  * Each mode runs in its own child process so its peak RSS is its own. Medians of --runs (3);
@@ -41,7 +41,7 @@ const MODES = {
   'nbd-ssh-openssh': 'NBD over SSH, OpenSSH data channel (default)',
   'nbd-ssh-ssh2': 'NBD over SSH, ssh2 data channel',
   'nbd-ssh-openssh-deep': 'NBD over SSH, OpenSSH, 512 KiB x 64 MiB in flight',
-  'nbd-ssh-ssh2-deep': 'NBD over SSH, ssh2, 512 KiB x 64 MiB in flight',
+  'nbd-ssh-ssh2-paced': 'NBD over SSH, ssh2, 256 KiB x 1 MiB in flight',
   'ssh2-cat': 'ssh2 execStream cat file (vprotect SSH exec stream)',
   'nbd-tcp-reuse': 'NBD over TCP (netcat mode), reuseBuffers',
 };
@@ -60,7 +60,11 @@ if (args[0] === '--child') {
 async function runMode(mode, image, socket, tcpPort) {
   const nbd = await import(dist('nbd/index.js'));
   const reuseBuffers = mode.endsWith('-reuse');
-  const deep = mode.endsWith('-deep') ? { maxRequestBytes: 512 * 1024, maxBytesInFlight: 64 * 1024 * 1024 } : {};
+  const deep = mode.endsWith('-deep')
+    ? { maxRequestBytes: 512 * 1024, maxBytesInFlight: 64 * 1024 * 1024 }
+    : mode.endsWith('-paced')
+      ? { maxRequestBytes: 256 * 1024, maxBytesInFlight: 1024 * 1024 }
+      : {};
   const readAll = async (session) => {
     let n = 0;
     for await (const e of nbd.readFull(session, { reuseBuffers, ...deep })) n += e.length; // data and zero extents

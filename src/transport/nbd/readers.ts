@@ -22,14 +22,14 @@ import type { NbdSource } from './session.js';
 
 export interface ExtentReaderOptions {
   /**
-   * Largest single READ (default: the channel's pacing, e.g. 256 KiB through SSH, else 512 KiB;
+   * Largest single READ (default: the channel's pacing, e.g. 256 KiB through OpenSSH, else 512 KiB;
    * never more than the server's maximum). Adjacent
    * ranges are joined up to this size. Measured against qemu-nbd (1 GiB raw, unix socket):
    * 256–512 KiB reads ~560 MiB/s, 1 MiB ~220–350, 4 MiB ~170, 8 MiB ~140 — qemu serves one
    * big request at a time, many medium ones in parallel.
    */
   maxRequestBytes?: number;
-  /** Bytes requested and not yet handed to the consumer (default: the channel's pacing, e.g. 1 MiB per SSH channel, else 64 MiB). */
+  /** Bytes requested and not yet handed to the consumer (default: the channel's pacing, e.g. 1 MiB per OpenSSH channel, else 64 MiB). */
   maxBytesInFlight?: number;
   /** READ requests in flight (default 64). */
   maxRequestsInFlight?: number;

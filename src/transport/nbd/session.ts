@@ -17,7 +17,7 @@ export interface NbdSource {
   readonly info: ExportInfo;
   /** Where the export is, for error messages. */
   readonly description: string;
-  /** What the readers default to when the carrier has limits (SSH): total over all connections. */
+  /** What the readers default to when the carrier has limits (OpenSSH): total over all connections. */
   readonly pacing?: ReadPacing | undefined;
   /** Reads into `into` when given (a view of it is returned), else into a new buffer. */
   read(offset: number, length: number, into?: Buffer): Promise<Buffer>;

@@ -15,7 +15,7 @@ import type { AnyAuthMethod, ClientChannel, ConnectConfig } from 'ssh2';
 import { AuthError, ConfigError, InterruptedError, UnavailableError, VprotectError, errorMessage } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import { CommandFailedError } from '../command.js';
-import { channelFromStream, SSH_PACING, type ByteChannel } from '../nbd/channel.js';
+import { channelFromStream, type ByteChannel } from '../nbd/channel.js';
 import type { NbdDialer } from '../nbd/session.js';
 import { describeArgv, shellJoin } from '../quote.js';
 import { Semaphore } from '../semaphore.js';
@@ -314,14 +314,15 @@ export class SshConnection {
    */
   nbdDialer(remote: { path: string } | { host: string; port: number }, options: { dataChannel?: DataChannelMode } = {}): NbdDialer {
     if (!('path' in remote)) {
-      return async () => channelFromStream(await this.forwardTcp(remote.host, remote.port), `ssh ${this.target.name} → tcp:${remote.host}:${remote.port}`, SSH_PACING);
+      return async () => channelFromStream(await this.forwardTcp(remote.host, remote.port), `ssh ${this.target.name} → tcp:${remote.host}:${remote.port}`);
     }
-    const viaSsh2 = async () => channelFromStream(await this.forwardUnixSocket(remote.path), `ssh ${this.target.name} → unix:${remote.path}`, SSH_PACING);
+    const viaSsh2 = async () => channelFromStream(await this.forwardUnixSocket(remote.path), `ssh ${this.target.name} → unix:${remote.path}`);
     let forward: OpenSshForward | undefined;
     const mode = options.dataChannel ?? this.options.dataChannel ?? 'auto';
     return async (): Promise<ByteChannel> => {
       if (this.lost) throw this.lost;
-      if (mode === 'ssh2') return viaSsh2();
+      // ssh -L cannot express a path with a space or colon; ssh2 can.
+      if (mode === 'ssh2' || (mode === 'auto' && /[\s:]/.test(remote.path))) return viaSsh2();
       if (this.opensshUnusable) {
         if (mode === 'openssh') throw new ConfigError(`${this.where}: the OpenSSH data channel was required but cannot be used: ${this.opensshUnusable}`);
         return viaSsh2();
@@ -334,7 +335,7 @@ export class SshConnection {
         // binary) falls back; a refused host key, an abort or a missing socket do not.
         if (!(err instanceof OpenSshSetupError) || mode === 'openssh') throw err;
         this.opensshUnusable = err.message;
-        this.options.log?.warn('OpenSSH data channel unavailable, using ssh2 (slower)', { host: this.target.name, error: err.message });
+        this.options.log?.warn('OpenSSH data channel unavailable, using ssh2', { host: this.target.name, error: err.message });
         return viaSsh2();
       }
     };

@@ -36,7 +36,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { AuthError, ConfigError, InterruptedError, UnavailableError, VprotectError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import { connectSocketChannel, SSH_PACING, type ByteChannel, type ChannelSink } from '../nbd/channel.js';
+import { connectSocketChannel, OPENSSH_PACING, type ByteChannel, type ChannelSink } from '../nbd/channel.js';
 import { keyBlobType, sha256Fingerprint } from './host-keys.js';
 
 export const DEFAULT_OPENSSH_BINARY = '/usr/bin/ssh';
@@ -133,12 +133,6 @@ export class OpenSshForward {
     return `ssh ${this.target.name} → unix:${this.remotePath} (openssh)`;
   }
 
-  /** The ssh process id while one runs (tests check it is gone after close). */
-  get pid(): number | undefined {
-    const c = this.current?.child;
-    return c && c.exitCode === null && c.signalCode === null ? c.pid : undefined;
-  }
-
   /** The private directory of the running process (local socket, known_hosts). */
   get directory(): string | undefined {
     return this.current?.dir;
@@ -189,7 +183,7 @@ export class OpenSshForward {
     const local = join(dir, 'fwd.sock');
     if (Buffer.byteLength(local) > 100 || /[\s:]/.test(local)) {
       rmSync(dir, { recursive: true, force: true });
-      throw new ConfigError(`the temporary directory ${tmpdir()} is too long a path for a unix socket, or has a space or colon (${local})`, [], { hint: 'set TMPDIR to a short path such as /tmp' });
+      throw new OpenSshSetupError(`the temporary directory ${tmpdir()} is too long a path for a unix socket, or has a space or colon (${local})`, { hint: 'set TMPDIR to a short path such as /tmp' });
     }
     const knownHosts = join(dir, 'known_hosts');
     const keyType = keyBlobType(t.hostKey);
@@ -352,7 +346,7 @@ export class OpenSshForward {
     };
     return {
       description: this.description,
-      pacing: SSH_PACING,
+      pacing: OPENSSH_PACING,
       attach: (sink: ChannelSink) => {
         let received = false;
         channel.attach({

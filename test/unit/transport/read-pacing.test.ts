@@ -1,12 +1,12 @@
 /**
- * Read pacing: a source whose channel asks for SSH pacing is read with its request size and
+ * Read pacing: a source whose channel asks for OpenSSH's pacing is read with its request size and
  * bytes in flight by default; explicit reader options still win; no pacing keeps the
  * local-socket defaults. The source records every request and the most bytes outstanding.
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { Extent } from '../../../src/repository/extents.js';
-import { FULL_READ_CONTEXTS, readFull, SSH_PACING, type NbdSource, type ReadPacing } from '../../../src/transport/nbd/index.js';
+import { FULL_READ_CONTEXTS, readFull, OPENSSH_PACING, type NbdSource, type ReadPacing } from '../../../src/transport/nbd/index.js';
 
 const MiB = 1024 * 1024;
 
@@ -52,8 +52,8 @@ async function readAll(src: NbdSource, options = {}): Promise<Buffer> {
 describe('read pacing', () => {
   const data = randomBytes(24 * MiB);
 
-  it('SSH pacing: 256 KiB requests, at most 1 MiB outstanding, same bytes', async () => {
-    const { src, stats } = source(data, SSH_PACING);
+  it('OpenSSH pacing: 256 KiB requests, at most 1 MiB outstanding, same bytes', async () => {
+    const { src, stats } = source(data, OPENSSH_PACING);
     expect((await readAll(src)).equals(data)).toBe(true);
     expect(Math.max(...stats.sizes)).toBe(256 * 1024);
     expect(stats.maxOutstanding).toBeLessThanOrEqual(1 * MiB);
@@ -61,7 +61,7 @@ describe('read pacing', () => {
   });
 
   it('explicit reader options win over the pacing', async () => {
-    const { src, stats } = source(data, SSH_PACING);
+    const { src, stats } = source(data, OPENSSH_PACING);
     expect((await readAll(src, { maxRequestBytes: 512 * 1024, maxBytesInFlight: 8 * MiB })).equals(data)).toBe(true);
     expect(Math.max(...stats.sizes)).toBe(512 * 1024);
     expect(stats.maxOutstanding).toBeGreaterThan(1 * MiB);
