@@ -535,10 +535,39 @@ export class LibvirtSshSession implements BackupSession {
       else if (state.mode === 'checkpoint') yield* readDirty(session, jobBitmapName(target), opts);
       else yield* readAllocationDepth(session, opts);
       this.ctx.log.debug(`${this.domainName} ${target}: read`, { ...counters });
+      if (state.mode === 'checkpoint') {
+        await session.close().catch(() => session!.destroy());
+        session = undefined;
+        this.jobDisksRead.add(target);
+        if (this.jobDisksRead.size === this.checkpointDisks.length) this.endJobEarly();
+      }
     } finally {
       if (session) await session.close().catch(() => session!.destroy());
       if (pidFile) await stopQemuNbd(this.hv, pidFile).catch((e: unknown) => this.ctx.log.warn(`stopping qemu-nbd of ${target}: ${errorMessage(e)}`));
     }
+  }
+
+  /** Checkpoint-mode disks whose export was read to the end. */
+  private readonly jobDisksRead = new Set<string>();
+  /** The backup job being ended once every export was read (commit and abort wait for it). */
+  private jobEnding: Promise<void> | undefined;
+
+  /**
+   * Every export of the backup job was read: the job (its NBD server, copy-before-write scratch
+   * files) can end now, while the repository makes the point durable — instead of after, in
+   * commit. The new checkpoint does not depend on the job; commit and abort still drop
+   * checkpoints as before, and the journal keeps `job` until this succeeded.
+   */
+  private endJobEarly(): void {
+    if (this.jobEnding) return;
+    const argv = this.hv.endOwnBackupJobArgv(this.domainName, this.runDir);
+    this.jobEnding = this.hv.exec(argv, { signal: null }).then(
+      (r) => {
+        if (r.code === 0) this.journal.job = false;
+        else this.ctx.log.debug(`${this.domainName}: ending the backup job early failed (commit ends it): ${r.stderr.trim()}`);
+      },
+      (err: unknown) => this.ctx.log.debug(`${this.domainName}: ending the backup job early failed (commit ends it): ${errorMessage(err)}`),
+    );
   }
 
   sourceAnchor(plan: DiskPlan): unknown {
@@ -578,6 +607,7 @@ export class LibvirtSshSession implements BackupSession {
 
   async commit(): Promise<void> {
     let fileError: unknown;
+    await this.jobEnding;
     if (this.hasFileDisks) {
       try {
         this.journal.phase = 'committing';
@@ -605,6 +635,7 @@ export class LibvirtSshSession implements BackupSession {
         problems.push(`${what}: ${errorMessage(err)}`);
       }
     };
+    await this.jobEnding;
     if (this.suspended) await step('resume', () => hv.virsh(['resume', domainName], { signal: null }));
     if (this.frozen) await step('thaw', () => thawGuest(hv, domainName));
     if (this.rbd) await step('remove the RBD snapshots', () => this.rbd!.abort(reason));
