@@ -18,7 +18,9 @@
  * cp), restore 11.5 s (0.12×), 107 MiB RSS. Now buffers are pooled, the sha256 of each block runs
  * on a worker thread while the main thread handles the previous/next block, a full image is
  * copied once (block buffer → file), zero detection looks at a granule's first bytes before a
- * memcmp, and the data is datasynced in the background every 64 MiB. Figures: see the doc.
+ * memcmp, and the data is datasynced in the background every 64 MiB. Final run (load 11 on
+ * 2 cores, other helpers busy): cp 2.55 s, write 8.7 s (0.29×), restore 10.6 s (0.24×), peak RSS
+ * 93/98 MiB, CPU 2.8/3.1 s against cp's 0.3 s (the sha256 of every block is most of the gap).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
