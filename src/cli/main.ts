@@ -5,7 +5,7 @@
  */
 import { isatty } from 'node:tty';
 import { Command, CommanderError, Option } from 'commander';
-import { InterruptedError, UsageError } from '../errors.js';
+import { InterruptedError, UsageError, VprotectError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { commandGroups } from './commands/index.js';
 import { createContext, type CliContext } from './context.js';
@@ -48,7 +48,10 @@ export async function main(argv: string[] = process.argv): Promise<void> {
     await program.parseAsync(argv);
     process.exitCode = 0;
   } catch (err) {
-    const error = controller.signal.aborted && !(err instanceof UsageError) ? controller.signal.reason : err;
+    // After a signal, report the interruption — unless the error already does, with details
+    // (restore --to-cloud says what its cleanup removed and what is left).
+    const reported = err instanceof VprotectError && err.exitCode === (controller.signal.reason as VprotectError | undefined)?.exitCode;
+    const error = controller.signal.aborted && !(err instanceof UsageError) && !reported ? controller.signal.reason : err;
     if (error instanceof CommanderError) {
       // Help and --version "errors" are successes; every other parse error is a usage error.
       process.exitCode = error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || error.exitCode === 0 ? 0 : 64;
