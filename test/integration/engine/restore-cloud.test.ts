@@ -8,7 +8,7 @@
  * export`. Then failures: a fault after the server is ACTIVE, Ctrl-C during the upload, and a
  * Cinder backend vprotect cannot write (no Ceph cluster in the inventory) each leave nothing.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, createReadStream, mkdtempSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,7 +25,7 @@ import { settingsFromInventory } from '../../../src/openstack/settings.js';
 import { openRepository } from '../../../src/repository/repository.js';
 import { RestoreCloudError, restoreToCloud, type RestoreCloudRequest } from '../../../src/restore-cloud/run.js';
 import { runCommand } from '../../../src/transport/command.js';
-import { runCli } from '../../helpers/cli.js';
+import { BIN, runCli } from '../../helpers/cli.js';
 import { requireLab, requireLabSsh } from '../../helpers/lab.js';
 import { labOpenStack, type LabOpenStack } from '../openstack/lab.js';
 
@@ -308,6 +308,30 @@ describe('restore --to-cloud', () => {
     } finally {
       req.cloud.close();
     }
+    await nothingNamed(name);
+  }, 900_000);
+
+  it('SIGINT to the CLI while Nova builds the server: server, volume and image removed through a new session, exit 130', async () => {
+    expect(imageBooted.point, 'the image-booted point of the first test').toBeDefined();
+    const name = `${tag}-sigint`;
+    const child = spawn(process.execPath, [BIN, '-c', INVENTORY, 'restore', '--point', imageBooted.point!, '--to-cloud', '--name', name, '-d', repoDir], { env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/root' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    const nova = await cloud.nova();
+    // Interrupt as soon as Nova has the server (it is then still building: TCG boots take tens of seconds).
+    const deadline = Date.now() + 600_000;
+    let seen: string | undefined;
+    while (!seen && Date.now() < deadline && child.exitCode === null) {
+      seen = (await nova.listServers({ allProjects: true })).find((x) => x.name === name)?.id;
+      if (!seen) await new Promise((r) => setTimeout(r, 300));
+    }
+    if (seen) created.servers.add(seen);
+    expect(seen, `the restore never created its server: ${stderr}`).toBeDefined();
+    child.kill('SIGINT');
+    const code = await exited;
+    expect(code, stderr).toBe(130);
+    expect(stderr).toMatch(/removed what it had made \(server .*volume .*image .*\); nothing is left/);
     await nothingNamed(name);
   }, 900_000);
 
