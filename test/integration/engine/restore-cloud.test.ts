@@ -331,7 +331,8 @@ describe('restore --to-cloud', () => {
     child.kill('SIGINT');
     const code = await exited;
     expect(code, stderr).toBe(130);
-    expect(stderr).toMatch(/removed what it had made \(server .*volume .*image .*\); nothing is left/);
+    // Newest first: the server, then the image, then the volume it held.
+    expect(stderr).toMatch(/removed what it had made \(server .*, image .*, volume .*\); nothing is left/);
     await nothingNamed(name);
   }, 900_000);
 
