@@ -14,6 +14,7 @@ import { restoreToCloud, type RestoreCloudResult } from '../../restore-cloud/run
 import type { Action } from '../main.js';
 import { bytes } from '../format.js';
 import { openRepo } from './repository-common.js';
+import { restoreMapping } from './restore-plan.js';
 
 export const restoreCloud: Action = async (ctx, _args, opts) => {
   for (const [option, flag] of [['disk', '--disk'], ['overwrite', '--overwrite'], ['ceph', '--ceph']] as const) {
@@ -51,14 +52,7 @@ export const restoreCloud: Action = async (ctx, _args, opts) => {
       // Not bound to the run's signal: after Ctrl-C this session removes what the run made.
       reconnect: () => Cloud.connect(settings, { log: ctx.log }),
       inventory: inv,
-      mapping: {
-        name: opts['name'] as string | undefined,
-        project: opts['project'] as string | undefined,
-        flavor: opts['flavor'] as string | undefined,
-        network: opts['network'] as string | undefined,
-        availabilityZone: opts['availabilityZone'] as string | undefined,
-        volumeType: opts['volumeType'] as string | undefined,
-      },
+      mapping: restoreMapping(opts),
       deleteImage: opts['deleteImage'] === true,
       log: ctx.log,
       // With --json stdout carries the one result document, not progress lines.

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { UsageError } from '../../errors.js';
 import { Cloud } from '../../openstack/cloud.js';
-import { planRestore, readMetadata, type RestorePlan, type RestoreStep } from '../../openstack/plan.js';
+import { planRestore, readMetadata, type RestoreMapping, type RestorePlan, type RestoreStep } from '../../openstack/plan.js';
 import { settingsFromInventory } from '../../openstack/settings.js';
 import type { Action } from '../main.js';
 import { openRepo } from './repository-common.js';
@@ -24,14 +24,7 @@ export const restorePlan: Action = async (ctx, _args, opts) => {
   const cloud = await Cloud.connect(settingsFromInventory(cloudName, inv.clouds[cloudName]!, { env: ctx.env, cwd: process.cwd() }), { log: ctx.log, signal: ctx.signal });
   let plan: RestorePlan;
   try {
-    plan = await planRestore(meta, cloud, {
-      name: opts['name'] as string | undefined,
-      project: opts['project'] as string | undefined,
-      flavor: opts['flavor'] as string | undefined,
-      network: opts['network'] as string | undefined,
-      availabilityZone: opts['availabilityZone'] as string | undefined,
-      volumeType: opts['volumeType'] as string | undefined,
-    });
+    plan = await planRestore(meta, cloud, restoreMapping(opts));
   } finally {
     cloud.close();
   }
@@ -60,4 +53,16 @@ function describeStep(s: RestoreStep): string {
       return `create server ${s.name} in project ${s.project.name ?? s.project.id}: flavor ${s.flavor.name}, boot from ${s.boot}${s.imageId ? ` ${s.imageId}` : ''}, ${nets}${s.availabilityZone ? `, zone ${s.availabilityZone}` : ''}${s.keyName ? `, keypair ${s.keyName}` : ''}${s.securityGroups.length ? `, security groups ${s.securityGroups.join(', ')}` : ''}`;
     }
   }
+}
+
+/** The mapping flags of `restore --plan` and `restore --to-cloud` (--name, --project, ...). */
+export function restoreMapping(opts: Record<string, unknown>): RestoreMapping {
+  return {
+    name: opts['name'] as string | undefined,
+    project: opts['project'] as string | undefined,
+    flavor: opts['flavor'] as string | undefined,
+    network: opts['network'] as string | undefined,
+    availabilityZone: opts['availabilityZone'] as string | undefined,
+    volumeType: opts['volumeType'] as string | undefined,
+  };
 }

@@ -12,10 +12,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuthError, ConfigError, UnavailableError } from '../../../src/errors.js';
 import type { HypervisorConfig } from '../../../src/inventory/types.js';
 import type { Logger } from '../../../src/log.js';
-import type { Extent } from '../../../src/repository/extents.js';
 import { FULL_READ_CONTEXTS, NbdSession, readFull } from '../../../src/transport/nbd/index.js';
 import { OpenSshForward } from '../../../src/transport/ssh/openssh.js';
 import { SshConnection, sshTarget } from '../../../src/transport/ssh.js';
+import { collectExtents, expectSameAsReference } from '../../helpers/extents.js';
 import { requireLab, type LabSsh } from '../../helpers/lab.js';
 import { makeQemuDisk, MiB, startQemuNbd, type QemuDisk, type QemuNbdServer } from './qemu-fixture.js';
 
@@ -57,24 +57,6 @@ const log: Logger = {
 
 async function connect(config: HypervisorConfig = hv, options: Parameters<typeof SshConnection.connect>[1] = {}): Promise<SshConnection> {
   return SshConnection.connect(sshTarget(config, env), { connectTimeoutMs: 15_000, log, ...options });
-}
-
-async function collect(it: AsyncIterable<Extent>): Promise<Extent[]> {
-  const out: Extent[] = [];
-  for await (const e of it) out.push(e);
-  return out;
-}
-
-function compare(extents: Extent[], reference: Buffer): void {
-  let end = 0;
-  for (const e of extents) {
-    expect(e.offset).toBe(end);
-    const want = reference.subarray(e.offset, e.offset + e.length);
-    if (e.data) expect(e.data.equals(want)).toBe(true);
-    else expect(want.equals(Buffer.alloc(e.length))).toBe(true);
-    end += e.length;
-  }
-  expect(end).toBe(reference.length);
 }
 
 /** The ssh processes forwarding to `remote` (found by their -L argument), with their private dirs. */
@@ -125,14 +107,14 @@ describe('OpenSSH data channel', () => {
       for (const want of ['-F', 'StrictHostKeyChecking=yes', 'BatchMode=yes', 'IdentityAgent=none', 'ForwardAgent=no', 'ControlMaster=no', 'GlobalKnownHostsFile=/dev/null']) {
         expect(args.some((a) => a === want || a.endsWith(want))).toBe(true);
       }
-      compare(await collect(readFull(session, { maxRequestBytes: 256 * 1024 })), disk.reference);
+      expectSameAsReference(await collectExtents(readFull(session, { maxRequestBytes: 256 * 1024 })), disk.reference);
       await session.close();
       await waitFor(() => !alive(pid));
       expect(existsSync(dir)).toBe(false);
       expect(forwarders(server.socket)).toHaveLength(0);
       // A later session through a new dialer starts a new process, and reads the same bytes.
       const again = await NbdSession.open(conn.nbdDialer({ path: server.socket }), { exportName: '', metaContexts: FULL_READ_CONTEXTS });
-      compare(await collect(readFull(again)), disk.reference);
+      expectSameAsReference(await collectExtents(readFull(again)), disk.reference);
       await again.close();
     } finally {
       await conn.close();
@@ -229,7 +211,7 @@ describe('OpenSSH data channel', () => {
       const session = await NbdSession.open(conn.nbdDialer({ path: server.socket }, { dataChannel: 'ssh2' }), { exportName: '', metaContexts: FULL_READ_CONTEXTS });
       expect(session.description).toBe(`ssh hv1 → unix:${server.socket}`);
       expect(forwarders(server.socket)).toHaveLength(0);
-      compare(await collect(readFull(session)), disk.reference);
+      expectSameAsReference(await collectExtents(readFull(session)), disk.reference);
       await session.close();
     } finally {
       await conn.close();
@@ -260,7 +242,7 @@ describe('OpenSSH data channel', () => {
       warnings.length = 0;
       const session = await NbdSession.open(conn.nbdDialer({ path: server.socket }), { exportName: '', metaContexts: FULL_READ_CONTEXTS });
       expect(session.description).toBe(`ssh hv1 → unix:${server.socket}`);
-      compare(await collect(readFull(session)), disk.reference);
+      expectSameAsReference(await collectExtents(readFull(session)), disk.reference);
       await session.close();
       expect(conn.dataChannel).toMatchObject({ via: 'ssh2', reason: expect.stringMatching(/bad permissions|UNPROTECTED|Permission denied/) });
       expect(warnings.join('\n')).toMatch(/OpenSSH data channel unavailable, using ssh2/);
@@ -285,7 +267,7 @@ describe('OpenSSH data channel', () => {
       expect(forced.dataChannel).toEqual({ via: 'ssh2', reason: 'ssh2 was asked for (dataChannel: ssh2)' });
       const session = await NbdSession.open(forced.nbdDialer({ path: server.socket }), { exportName: '', metaContexts: FULL_READ_CONTEXTS });
       expect(session.description).toBe(`ssh hv1 → unix:${server.socket}`);
-      compare(await collect(readFull(session)), disk.reference);
+      expectSameAsReference(await collectExtents(readFull(session)), disk.reference);
       await session.close();
     } finally {
       await forced.close();

@@ -12,10 +12,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AuthError, ConfigError, UnavailableError } from '../../../src/errors.js';
 import type { HypervisorConfig } from '../../../src/inventory/types.js';
-import type { Extent } from '../../../src/repository/extents.js';
 import { CommandFailedError } from '../../../src/transport/command.js';
 import { FULL_READ_CONTEXTS, NbdSession, newCounters, readDirty, readFull, dirtyReadContexts } from '../../../src/transport/nbd/index.js';
 import { largeChunks, SshConnection, SshPool, sshTarget } from '../../../src/transport/ssh.js';
+import { collectExtents, expectSameAsReference } from '../../helpers/extents.js';
 import { labDomain, requireLab, type Lab, type LabSsh } from '../../helpers/lab.js';
 import { makeQemuDisk, MiB, startQemuNbd, type QemuDisk, type QemuNbdServer } from './qemu-fixture.js';
 
@@ -284,24 +284,6 @@ describe('SSH exec', () => {
   });
 });
 
-async function collect(it: AsyncIterable<Extent>): Promise<Extent[]> {
-  const out: Extent[] = [];
-  for await (const e of it) out.push(e);
-  return out;
-}
-
-function compare(extents: Extent[], reference: Buffer): void {
-  let end = 0;
-  for (const e of extents) {
-    expect(e.offset).toBe(end);
-    const want = reference.subarray(e.offset, e.offset + e.length);
-    if (e.data) expect(e.data.equals(want)).toBe(true);
-    else expect(want.equals(Buffer.alloc(e.length))).toBe(true);
-    end += e.length;
-  }
-  expect(end).toBe(reference.length);
-}
-
 describe.each(['auto', 'ssh2'] as const)('NBD through SSH forwarding (data channel %s)', (dataChannel) => {
   let pool: SshPool;
   let disk: QemuDisk;
@@ -330,9 +312,9 @@ describe.each(['auto', 'ssh2'] as const)('NBD through SSH forwarding (data chann
     expect(session.description).toMatch(/^ssh hv1 → unix:/);
     expect(session.description.endsWith('(openssh)')).toBe(dataChannel === 'auto');
     const counters = newCounters();
-    const extents = await collect(readFull(session, { counters }));
+    const extents = await collectExtents(readFull(session, { counters }));
     await session.close();
-    compare(extents, disk.reference);
+    expectSameAsReference(extents, disk.reference);
     expect(counters.readBytes).toBeLessThan(8 * MiB);
   });
 
@@ -340,8 +322,8 @@ describe.each(['auto', 'ssh2'] as const)('NBD through SSH forwarding (data chann
     const conn = await pool.connection(hv);
     const session = await NbdSession.open(conn.nbdDialer({ path: server.socket }), { exportName: '', metaContexts: dirtyReadContexts(disk.bitmap), connections: 3 });
     expect(session.connectionCount).toBe(3);
-    compare(await collect(readFull(session, { maxRequestBytes: 256 * 1024 })), disk.reference);
-    const dirty = await collect(readDirty(session, disk.bitmap));
+    expectSameAsReference(await collectExtents(readFull(session, { maxRequestBytes: 256 * 1024 })), disk.reference);
+    const dirty = await collectExtents(readDirty(session, disk.bitmap));
     expect(dirty.length).toBeGreaterThan(0);
     for (const e of dirty) {
       const want = disk.reference.subarray(e.offset, e.offset + e.length);
@@ -365,7 +347,7 @@ describe.each(['auto', 'ssh2'] as const)('NBD through SSH forwarding (data chann
       });
     }
     expect(session).toBeDefined();
-    compare(await collect(readFull(session!)), disk.reference);
+    expectSameAsReference(await collectExtents(readFull(session!)), disk.reference);
     await session!.close();
   });
 
@@ -399,14 +381,14 @@ describe('libvirt pull backup read through SSH', () => {
     try {
       const session = await NbdSession.open(conn.nbdDialer({ path: sock }), { exportName: 'vda', metaContexts: FULL_READ_CONTEXTS });
       const counters = newCounters();
-      const extents = await collect(readFull(session, { counters }));
+      const extents = await collectExtents(readFull(session, { counters }));
       await session.close();
       // The guest only runs `cli; hlt`: its disk does not change, so the live image is the reference.
       const ref = join(scratch, 'vp-qcow2.raw');
       execFileSync('qemu-img', ['convert', '-U', '-O', 'raw', diskPath, ref]);
       const reference = readFileSync(ref);
       expect(session.info.size).toBe(reference.length);
-      compare(extents, reference);
+      expectSameAsReference(extents, reference);
       // Only the pattern's data travelled: boot sector, 8 MiB random, 1 MiB of 'Z'.
       expect(counters.dataBytes).toBeLessThan(16 * MiB);
       expect(counters.dataBytes).toBeGreaterThanOrEqual(9 * MiB);

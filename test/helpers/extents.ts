@@ -1,0 +1,22 @@
+/** Checks on extents read from a source, shared by the transport tests. */
+import { expect } from 'vitest';
+import type { Extent } from '../../src/repository/extents.js';
+
+export async function collectExtents(it: AsyncIterable<Extent>): Promise<Extent[]> {
+  const out: Extent[] = [];
+  for await (const e of it) out.push(e);
+  return out;
+}
+
+/** The extents cover `reference` exactly, in order, with no gap: data equal, zero extents zero there. */
+export function expectSameAsReference(extents: Extent[], reference: Buffer): void {
+  let end = 0;
+  for (const e of extents) {
+    expect(e.offset).toBe(end);
+    const want = reference.subarray(e.offset, e.offset + e.length);
+    if (e.data) expect(e.data.equals(want)).toBe(true);
+    else expect(want.equals(Buffer.alloc(e.length))).toBe(true);
+    end += e.length;
+  }
+  expect(end).toBe(reference.length);
+}
