@@ -82,7 +82,11 @@ export interface BackupSession {
    * that what stays on the source names its point (RBD snapshot `vprotect-<point-id>`).
    */
   snapshot(point?: { pointId: string }): Promise<ConsistencyReport>;
-  /** Extents of one planned disk: ascending, non-overlapping, data or zeros. */
+  /**
+   * Extents of one planned disk: ascending, non-overlapping, data or zeros. An extent's data is
+   * valid only until the consumer asks for the next extent (strategies read into reused buffers,
+   * src/util/buffer-pool.ts): the engine's writers copy it or finish with it before that.
+   */
   read(disk: DiskPlan): AsyncIterable<Extent>;
   /** State the next incremental needs (checkpoint name, snapshot id, ...), stored in the manifest. */
   sourceAnchor(disk: DiskPlan): unknown;
