@@ -18,9 +18,10 @@
  * cp), restore 11.5 s (0.12×), 107 MiB RSS. Now buffers are pooled, the sha256 of each block runs
  * on a worker thread while the main thread handles the previous/next block, a full image is
  * copied once (block buffer → file), zero detection looks at a granule's first bytes before a
- * memcmp, and the data is datasynced in the background every 64 MiB. Final run (load 11 on
- * 2 cores, other helpers busy): cp 2.55 s, write 8.7 s (0.29×), restore 10.6 s (0.24×), peak RSS
- * 93/98 MiB, CPU 2.8/3.1 s against cp's 0.3 s (the sha256 of every block is most of the gap).
+ * memcmp, and the data is datasynced in the background every 64 MiB. 2026-11-25, 1 GiB with
+ * 512 MiB data, median of 3 at load ~6 on 2 cores: cp 0.52 s, write 1.01 s (0.52×), restore
+ * 1.51 s (0.35×), peak RSS 93/99 MiB, CPU 1.6/2.1 s against cp's 0.2 s (the sha256 of every
+ * block is most of the gap); at load 11 write 0.29×, restore 0.24×.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
