@@ -15,7 +15,7 @@ import { openRepository, type Repository } from '../../../src/repository/reposit
 import { restoreToRawFile } from '../../../src/repository/restore.js';
 import { rebuildBlockMaps } from '../../../src/repository/verify.js';
 import { createHash } from 'node:crypto';
-import { rng, SimDisk, tempDir } from './helpers.js';
+import { rng, SimDisk, tempDir, restoreBytes } from './helpers.js';
 
 let dir: { path: string; cleanup: () => Promise<void> };
 beforeEach(async () => {
@@ -36,17 +36,6 @@ async function* scribbling(extents: Extent[]): AsyncGenerator<Extent> {
     e.data.copy(shared);
     yield { offset: e.offset, length: e.length, data: shared.subarray(0, e.length) };
     shared.fill(0xa5);
-  }
-}
-
-async function restoreBytes(repo: Repository, pointId: string, key: string): Promise<Buffer> {
-  const reader = await openDiskReader(repo, await repo.findPoint(pointId), key);
-  try {
-    const out = join(dir.path, `restore-${pointId}-${key}.raw`);
-    await restoreToRawFile(reader, out, {});
-    return await readFile(out);
-  } finally {
-    await reader.close();
   }
 }
 
@@ -72,7 +61,7 @@ async function scribbledChain(seed: number, blockSize: number, size: number, pie
 describe('recycled buffers cannot corrupt data', () => {
   it('full and incremental points written from a source that reuses one buffer restore bit-identical', async () => {
     const { repo, expected } = await scribbledChain(7, 65536, 3 * 1024 * 1024 + 4321, 192 * 1024);
-    for (const [pointId, bytes] of expected) expect((await restoreBytes(repo, pointId, 'vda')).equals(bytes), pointId).toBe(true);
+    for (const [pointId, bytes] of expected) expect((await restoreBytes(repo, pointId, 'vda', dir.path)).equals(bytes), pointId).toBe(true);
   });
 
   it('extents larger than the write buffer (written directly, not gathered) are not torn by reuse', async () => {
@@ -83,7 +72,7 @@ describe('recycled buffers cannot corrupt data', () => {
     const w = await repo.beginPoint({ vmId: 'vm-1', level: 'full' });
     await w.writeDisk({ key: 'vda', size: disk.size }, scribbling(disk.fullExtents(12 << 20)));
     const full = (await w.commit()).pointId;
-    expect((await restoreBytes(repo, full, 'vda')).equals(disk.snapshot())).toBe(true);
+    expect((await restoreBytes(repo, full, 'vda', dir.path)).equals(disk.snapshot())).toBe(true);
   });
 
   it('the chain reader with reuseBuffers: every extent is right when used at once, and its buffers are really recycled', async () => {
@@ -156,7 +145,7 @@ describe('recycled buffers cannot corrupt data', () => {
       await expect(stat(out)).rejects.toThrow(/ENOENT/); // no plausible file left behind
     }
     await writeFile(raw, clean);
-    expect((await restoreBytes(repo, point.pointId, 'vda')).equals(disk.snapshot())).toBe(true);
+    expect((await restoreBytes(repo, point.pointId, 'vda', dir.path)).equals(disk.snapshot())).toBe(true);
   });
 
   it('sha256 on the worker (shared memory) and on this thread agree', async () => {

@@ -6,7 +6,10 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { openDiskReader } from '../../../src/repository/chain-reader.js';
 import type { Extent } from '../../../src/repository/extents.js';
+import type { Repository } from '../../../src/repository/repository.js';
+import { restoreToRawFile } from '../../../src/repository/restore.js';
 
 /** Deterministic PRNG (mulberry32) so failures can be reproduced from the seed. */
 export function rng(seed: number): () => number {
@@ -129,4 +132,16 @@ export async function* asyncOf<T>(items: T[]): AsyncGenerator<T> {
 
 export async function readBytes(path: string): Promise<Buffer> {
   return readFile(path);
+}
+
+/** A disk of a point restored to a raw file in `workDir` (the product's own path), as bytes. */
+export async function restoreBytes(repo: Repository, pointId: string, key: string, workDir: string): Promise<Buffer> {
+  const reader = await openDiskReader(repo, await repo.findPoint(pointId), key);
+  try {
+    const out = join(workDir, `restore-${pointId}-${key}.raw`);
+    await restoreToRawFile(reader, out, {});
+    return await readFile(out);
+  } finally {
+    await reader.close();
+  }
 }

@@ -1,10 +1,7 @@
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openDiskReader } from '../../../src/repository/chain-reader.js';
-import { openRepository, type Repository } from '../../../src/repository/repository.js';
-import { restoreToRawFile } from '../../../src/repository/restore.js';
-import { asyncOf, rng, SimDisk, tempDir } from './helpers.js';
+import { openRepository } from '../../../src/repository/repository.js';
+import { asyncOf, rng, SimDisk, tempDir, restoreBytes } from './helpers.js';
 
 let dir: { path: string; cleanup: () => Promise<void> };
 beforeEach(async () => {
@@ -13,18 +10,6 @@ beforeEach(async () => {
 afterEach(async () => {
   await dir.cleanup();
 });
-
-async function restoreBytes(repo: Repository, pointId: string, key: string): Promise<Buffer> {
-  const point = await repo.findPoint(pointId);
-  const reader = await openDiskReader(repo, point, key);
-  try {
-    const out = join(dir.path, `restore-${pointId}-${key}.raw`);
-    await restoreToRawFile(reader, out, {});
-    return await readFile(out);
-  } finally {
-    await reader.close();
-  }
-}
 
 describe('round trip: every point of every chain restores bit-identical', () => {
   it.each([1, 2, 3])('random disks, seed %i (64 KiB blocks, odd sizes, growth, zeroing)', async (seed) => {
@@ -61,7 +46,7 @@ describe('round trip: every point of every chain restores bit-identical', () => 
     expect(chains.map((c) => c.points.length)).toEqual([4, 3]);
     for (const [pointId, snap] of expected) {
       for (const key of ['vda', 'vdb']) {
-        const got = await restoreBytes(repo, pointId, key);
+        const got = await restoreBytes(repo, pointId, key, dir.path);
         expect(got.length).toBe(snap[key]!.length);
         expect(got.equals(snap[key]!), `${pointId} ${key}`).toBe(true);
       }
@@ -83,7 +68,7 @@ describe('round trip: every point of every chain restores bit-identical', () => 
     await w2.writeDisk({ key: 'vda', size: disk.size }, []);
     const inc = await w2.commit();
     expect(inc.disks[0]).toMatchObject({ records: 0, changedBytes: 0 });
-    expect((await restoreBytes(repo, full.pointId, 'vda')).equals(disk.data)).toBe(true);
-    expect((await restoreBytes(repo, inc.pointId, 'vda')).equals(disk.data)).toBe(true);
+    expect((await restoreBytes(repo, full.pointId, 'vda', dir.path)).equals(disk.data)).toBe(true);
+    expect((await restoreBytes(repo, inc.pointId, 'vda', dir.path)).equals(disk.data)).toBe(true);
   });
 });
