@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UnavailableError } from '../../src/errors.js';
 import { spawnWithStdout } from '../../src/transport/command.js';
+import { BufferPool } from '../../src/util/buffer-pool.js';
 import type { StreamingExec } from './exec.js';
 
 /** Reads land end to end in slabs of this size. */
@@ -45,7 +46,8 @@ interface Chunk {
  * bytes; reading pauses above it), and the consumer's async iterator.
  */
 export class SlabReader {
-  private readonly free: Buffer[] = [];
+  /** Free slabs kept: as many as the read-ahead can fill, so a steady stream allocates none. */
+  private readonly pool: BufferPool;
   private current: Slab;
   /** The view the next read lands in (set before it happens, see `nextBuffer`). */
   private readonly queue: Chunk[] = [];
@@ -55,17 +57,18 @@ export class SlabReader {
   private failure: Error | undefined;
   private wake: (() => void) | undefined;
   private socket: Socket | undefined;
-  /** Slabs allocated so far (tests check that reuse happens). */
-  allocated = 0;
-  /** Free slabs kept: as many as the read-ahead can fill, so a steady stream allocates none. */
-  private readonly maxFree: number;
 
   constructor(
     private readonly readAhead: number,
     private readonly slabBytes = SLAB_BYTES,
   ) {
-    this.maxFree = Math.ceil(readAhead / slabBytes) + 2;
+    this.pool = new BufferPool(slabBytes, Math.ceil(readAhead / slabBytes) + 2);
     this.current = this.newSlab();
+  }
+
+  /** Slabs allocated so far (tests check that reuse happens). */
+  get allocated(): number {
+    return this.pool.allocated;
   }
 
   /** Node asks for the destination of the next read (the `onread.buffer` function). */
@@ -147,13 +150,7 @@ export class SlabReader {
   }
 
   private newSlab(): Slab {
-    let buf = this.free.pop();
-    if (!buf) {
-      // Its own memory (not Node's shared pool), so that reusing it is exact.
-      buf = Buffer.allocUnsafeSlow(this.slabBytes);
-      this.allocated++;
-    }
-    return { buf, used: 0, refs: 0 };
+    return { buf: this.pool.take(), used: 0, refs: 0 };
   }
 
   private release(chunk: Chunk): void {
@@ -163,7 +160,7 @@ export class SlabReader {
 
   /** A slab no read will land in again goes back to the free list once nothing refers to it. */
   private recycle(slab: Slab): void {
-    if (slab.refs === 0 && this.free.length < this.maxFree) this.free.push(slab.buf);
+    if (slab.refs === 0) this.pool.give(slab.buf);
   }
 }
 
