@@ -14,11 +14,12 @@
  *   npm run build && node bench/ceph-rbd.mjs [--runs 1] [--pool volumes]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { randomBytes, randomFillSync } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync, ftruncateSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { writeHalfRandomImage } from './_seed.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const LAB = process.env.VPROTECT_LAB ?? '/tmp/vprotect-lab';
@@ -116,14 +117,7 @@ let stored = { full: 0, inc: 0, incDiffFile: 0 };
 try {
   // 2 GiB image, 1 GiB of random data: every other 4 MiB object.
   const seed = join(work, 'seed.raw');
-  const fd = openSync(seed, 'w');
-  ftruncateSync(fd, 2048 * MiB);
-  const block = Buffer.alloc(4 * MiB);
-  for (let off = 0; off < 2048 * MiB; off += 8 * MiB) {
-    randomFillSync(block);
-    writeSync(fd, block, 0, block.length, off);
-  }
-  closeSync(fd);
+  writeHalfRandomImage(seed);
   process.stdout.write('importing the 2 GiB / 1 GiB-data source image…\n');
   rbd('import', '--no-progress', seed, `${pool}/${src}`);
   rmSync(seed);

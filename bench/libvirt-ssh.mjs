@@ -13,11 +13,12 @@
  *   npm run build && node bench/libvirt-ssh.mjs [--keep]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { randomBytes, randomFillSync } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { writeHalfRandomImage } from './_seed.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const LAB = process.env.VPROTECT_LAB ?? '/tmp/vprotect-lab';
@@ -113,15 +114,7 @@ const results = {};
 try {
   process.stdout.write(`building ${domain}: 2 GiB qcow2, 1 GiB of random data…\n`);
   const raw = join(work, 'seed.raw');
-  const fd = openSync(raw, 'w');
-  ftruncateSync(fd, 2048 * MiB);
-  const block = Buffer.alloc(4 * MiB);
-  for (let off = 0; off < 2048 * MiB; off += 8 * MiB) {
-    randomFillSync(block);
-    if (off === 0) Buffer.concat([Buffer.from([0xfa, 0xf4]), Buffer.alloc(508), Buffer.from([0x55, 0xaa])]).copy(block);
-    writeSync(fd, block, 0, block.length, off);
-  }
-  closeSync(fd);
+  writeHalfRandomImage(raw, { bootable: true });
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', '-o', 'compat=1.1', raw, disk]);
   rmSync(raw);
   execFileSync('cp', ['--sparse=always', disk, diskB]);

@@ -1,0 +1,24 @@
+/**
+ * The source image the strategy benchmarks share: `sizeMiB` of sparse raw holding random
+ * (incompressible) data in every other 4 MiB, i.e. half of it, so that holes and data both count.
+ * `bootable` puts an MBR signature in the first sector (qemu guests then try to boot it).
+ */
+import { randomFillSync } from 'node:crypto';
+import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+
+const MiB = 1 << 20;
+
+export function writeHalfRandomImage(path, { sizeMiB = 2048, bootable = false } = {}) {
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, sizeMiB * MiB);
+    const block = Buffer.alloc(4 * MiB);
+    for (let off = 0; off < sizeMiB * MiB; off += 8 * MiB) {
+      randomFillSync(block);
+      if (bootable && off === 0) Buffer.concat([Buffer.from([0xfa, 0xf4]), Buffer.alloc(508), Buffer.from([0x55, 0xaa])]).copy(block);
+      writeSync(fd, block, 0, block.length, off);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
