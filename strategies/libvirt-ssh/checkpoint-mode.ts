@@ -85,24 +85,6 @@ export function checkpointDisks(xml: string): string[] {
     .map((d) => attr(d, 'name')!);
 }
 
-/**
- * Makes libvirt know `xml`'s checkpoint again. `--redefine-validate` has libvirt check that the
- * bitmaps really are in the images, so a redefine never promises changes it cannot deliver.
- * Returns undefined on success, or libvirt's reason.
- */
-export async function redefineCheckpoint(hv: Hypervisor, domain: string, xml: string, fileOnHost: string): Promise<string | undefined> {
-  await hv.writeFile(fileOnHost, checkpointForRedefine(xml));
-  try {
-    await hv.virsh(['checkpoint-create', domain, fileOnHost, '--redefine', '--redefine-validate']);
-    return undefined;
-  } catch (err) {
-    if (err instanceof VirshError) return err.message.replace(/^virsh checkpoint-create on \S+ failed: /, '');
-    throw err;
-  } finally {
-    await hv.remove(fileOnHost).catch(() => undefined);
-  }
-}
-
 export async function dumpCheckpoint(hv: Hypervisor, domain: string, name: string): Promise<string> {
   return hv.virsh(['checkpoint-dumpxml', domain, name, '--no-domain'], { signal: null });
 }
