@@ -28,6 +28,16 @@ describe('ceph-rbd: rotation and clones of old snapshots', () => {
     return backupVm({ repo, strategy: cephRbd, target: img.target(VM), level: 'auto', ctx: contextFor(ceph), command: 'test' });
   };
 
+  /** Once the clone is gone, the next backup removes the kept snapshot and restores like its own. */
+  const removeCloneThenBackup = async (clone: string) => {
+    await rbd(ceph, 'rm', '--no-progress', `volumes/${clone}`);
+    const next = await backup();
+    expect(next.level).toBe('incremental');
+    expect(next.warnings).toEqual([]);
+    expect(await img.vprotectSnapshots()).toEqual([`vprotect-${next.pointId}`]);
+    expect(await restoredSha(repo, next.pointId, 'vda', dir.path)).toBe(await img.exportSha(`vprotect-${next.pointId}`));
+  };
+
   beforeAll(async () => {
     ceph = requireCeph();
     dir = await tempDir();
@@ -56,12 +66,7 @@ describe('ceph-rbd: rotation and clones of old snapshots', () => {
     // Not in rbd's trash namespace either: still an ordinary snapshot the clone reads from.
     expect((await img.snapshots()).map((s) => s.name)).toContain(anchor);
 
-    await rbd(ceph, 'rm', '--no-progress', `volumes/${clone}`);
-    const third = await backup();
-    expect(third.level).toBe('incremental');
-    expect(third.warnings).toEqual([]);
-    expect(await img.vprotectSnapshots()).toEqual([`vprotect-${third.pointId}`]);
-    expect(await restoredSha(repo, third.pointId, 'vda', dir.path)).toBe(await img.exportSha(`vprotect-${third.pointId}`));
+    await removeCloneThenBackup(clone);
   });
 
   it('a v1 clone of a protected snapshot: kept; once the clone is gone it is unprotected and removed', async () => {
@@ -75,11 +80,6 @@ describe('ceph-rbd: rotation and clones of old snapshots', () => {
     expect(next.warnings.join('\n')).toMatch(new RegExp(`${anchor} has clones \\(volumes/${clone}\\)`));
     expect(await img.vprotectSnapshots()).toEqual([anchor, `vprotect-${next.pointId}`]);
 
-    await rbd(ceph, 'rm', '--no-progress', `volumes/${clone}`);
-    const last = await backup();
-    expect(last.level).toBe('incremental');
-    expect(last.warnings).toEqual([]);
-    expect(await img.vprotectSnapshots()).toEqual([`vprotect-${last.pointId}`]);
-    expect(await restoredSha(repo, last.pointId, 'vda', dir.path)).toBe(await img.exportSha(`vprotect-${last.pointId}`));
+    await removeCloneThenBackup(clone);
   });
 });
