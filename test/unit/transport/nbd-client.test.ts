@@ -7,6 +7,7 @@ import type net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DataCorruptError, UnavailableError } from '../../../src/errors.js';
 import type { Extent } from '../../../src/repository/extents.js';
+import { collectExtents, expectSameAsReference } from '../../helpers/extents.js';
 import {
   connectSocketChannel,
   dirtyReadContexts,
@@ -298,12 +299,6 @@ describe('NBD block status', () => {
   });
 });
 
-async function collect(it: AsyncIterable<Extent>): Promise<Extent[]> {
-  const out: Extent[] = [];
-  for await (const e of it) out.push(e);
-  return out;
-}
-
 describe('extent readers over a scripted server', () => {
   it('walks block status that arrives in small pieces, reads data, detects zero blocks, never widens', async () => {
     const size = 4 * MiB;
@@ -334,18 +329,10 @@ describe('extent readers over a scripted server', () => {
     });
     const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: FULL_READ_CONTEXTS });
     const counters = newCounters();
-    const extents = await collect(readFull(session, { maxRequestBytes: 512 * KiB, counters }));
+    const extents = await collectExtents(readFull(session, { maxRequestBytes: 512 * KiB, counters }));
     await session.close();
     // Every byte right, contiguous cover.
-    let at = 0;
-    for (const e of extents) {
-      expect(e.offset).toBe(at);
-      const want = disk.subarray(e.offset, e.offset + e.length);
-      if (e.data) expect(e.data.equals(want)).toBe(true);
-      else expect(want.equals(Buffer.alloc(e.length))).toBe(true);
-      at += e.length;
-    }
-    expect(at).toBe(size);
+    expectSameAsReference(extents, disk);
     // Data extents are one per read (views of its buffer); joined, the map is:
     const runs: Array<[number, number, boolean]> = [];
     for (const e of extents) {
@@ -383,7 +370,7 @@ describe('extent readers over a scripted server', () => {
       },
     });
     const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: dirtyReadContexts('b') });
-    const extents = await collect(readDirty(session, 'b'));
+    const extents = await collectExtents(readDirty(session, 'b'));
     await session.close();
     expect(extents.map((e) => [e.offset, e.length, !!e.data])).toEqual([
       [0, 64 * KiB, true],
@@ -407,7 +394,7 @@ describe('extent readers over a scripted server', () => {
       },
     });
     const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: dirtyReadContexts('b') });
-    await expect(collect(readDirty(session, 'b'))).rejects.toBeInstanceOf(NbdProtocolError);
+    await expect(collectExtents(readDirty(session, 'b'))).rejects.toBeInstanceOf(NbdProtocolError);
   });
 
   it('a read failing mid-stream ends the iteration with that error and no unhandled rejections', async () => {
@@ -448,7 +435,7 @@ describe('aborting a reader', () => {
     const ac = new AbortController();
     setTimeout(() => ac.abort(), 200);
     const t0 = Date.now();
-    await expect(collect(readFull(session, { signal: ac.signal }))).rejects.toThrow(/interrupted/);
+    await expect(collectExtents(readFull(session, { signal: ac.signal }))).rejects.toThrow(/interrupted/);
     expect(Date.now() - t0).toBeLessThan(2000);
     session.destroy();
   });
