@@ -14,23 +14,20 @@ export const DEFAULT_WRITE_BUFFER = 8 << 20;
  * instead of all at once at the end (restore of 512 MiB: the final fsync went from ~350 ms to
  * the last piece's worth).
  */
-export const DEFAULT_SYNC_EVERY = 64 << 20;
+const SYNC_EVERY = 64 << 20;
 
-/** Starts a datasync in the background once `every` bytes were written since the last one. */
+/** Starts a datasync in the background once SYNC_EVERY bytes were written since the last one. */
 export class BackgroundSync {
   private unsynced = 0;
   private syncing: Promise<void> | undefined;
   private error: unknown;
 
-  constructor(
-    private readonly fh: FileHandle,
-    private readonly every = DEFAULT_SYNC_EVERY,
-  ) {}
+  constructor(private readonly fh: FileHandle) {}
 
   /** `bytes` were handed to a write that completes with `written`. */
   wrote(bytes: number, written: Promise<void>): void {
     this.unsynced += bytes;
-    if (this.every <= 0 || this.unsynced < this.every || this.syncing) return;
+    if (this.unsynced < SYNC_EVERY || this.syncing) return;
     this.unsynced = 0;
     this.syncing = written
       .then(() => this.fh.datasync())
@@ -58,10 +55,9 @@ export class CoalescingWriter {
   constructor(
     private readonly fh: FileHandle,
     bufferSize = DEFAULT_WRITE_BUFFER,
-    syncEvery = DEFAULT_SYNC_EVERY,
   ) {
     this.buffers = [Buffer.allocUnsafeSlow(bufferSize), Buffer.allocUnsafeSlow(bufferSize)];
-    this.sync = new BackgroundSync(fh, syncEvery);
+    this.sync = new BackgroundSync(fh);
   }
 
   async write(offset: number, data: Buffer): Promise<void> {
