@@ -14,7 +14,7 @@ import { restoreToCloud, type RestoreCloudResult } from '../../restore-cloud/run
 import type { Action } from '../main.js';
 import { bytes } from '../format.js';
 import { openRepo } from './repository-common.js';
-import { restoreMapping } from './restore-plan.js';
+import { restoreCloudName, restoreMapping } from './restore-plan.js';
 
 export const restoreCloud: Action = async (ctx, _args, opts) => {
   for (const [option, flag] of [['disk', '--disk'], ['overwrite', '--overwrite'], ['ceph', '--ceph']] as const) {
@@ -24,12 +24,9 @@ export const restoreCloud: Action = async (ctx, _args, opts) => {
   const repo = await openRepo(ctx, opts);
   const point = await repo.findPoint(String(opts['point']));
   const inv = await ctx.loadInventory();
-  const clouds = Object.keys(inv.clouds);
   const asked = typeof opts['toCloud'] === 'string' ? opts['toCloud'] : undefined;
   if (asked && typeof opts['cloud'] === 'string' && opts['cloud'] !== asked) throw new UsageError(`--to-cloud ${asked} and --cloud ${String(opts['cloud'])} name different clouds`);
-  const source = point.manifest.source as { cloud?: unknown } | undefined;
-  const cloudName = asked ?? (opts['cloud'] as string | undefined) ?? (typeof source?.cloud === 'string' && clouds.includes(source.cloud) ? source.cloud : clouds.length === 1 ? clouds[0] : undefined);
-  if (!cloudName || !inv.clouds[cloudName]) throw new UsageError(`say which cloud to restore into with --to-cloud CLOUD (the inventory has: ${clouds.join(', ') || 'none'})`);
+  const cloudName = restoreCloudName(inv, point, asked ?? (opts['cloud'] as string | undefined), '--to-cloud CLOUD');
 
   const metaDir = join(point.dir, 'metadata');
   if (!(await stat(join(metaDir, 'server.json')).catch(() => undefined))) {

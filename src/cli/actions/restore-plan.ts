@@ -5,9 +5,11 @@
  */
 import { join } from 'node:path';
 import { UsageError } from '../../errors.js';
+import type { Inventory } from '../../inventory/types.js';
 import { Cloud } from '../../openstack/cloud.js';
 import { planRestore, readMetadata, type RestoreMapping, type RestorePlan, type RestoreStep } from '../../openstack/plan.js';
 import { settingsFromInventory } from '../../openstack/settings.js';
+import type { PointInfo } from '../../repository/repository.js';
 import type { Action } from '../main.js';
 import { openRepo } from './repository-common.js';
 
@@ -15,10 +17,7 @@ export const restorePlan: Action = async (ctx, _args, opts) => {
   const repo = await openRepo(ctx, opts);
   const point = await repo.findPoint(String(opts['point']));
   const inv = await ctx.loadInventory();
-  const clouds = Object.keys(inv.clouds);
-  const source = point.manifest.source as { cloud?: unknown } | undefined;
-  const cloudName = (opts['cloud'] as string | undefined) ?? (typeof source?.cloud === 'string' && clouds.includes(source.cloud) ? source.cloud : clouds.length === 1 ? clouds[0] : undefined);
-  if (!cloudName || !inv.clouds[cloudName]) throw new UsageError(`say which cloud to restore into with --cloud (the inventory has: ${clouds.join(', ') || 'none'})`);
+  const cloudName = restoreCloudName(inv, point, opts['cloud'] as string | undefined, '--cloud');
 
   const meta = await readMetadata(join(point.dir, 'metadata'));
   const cloud = await Cloud.connect(settingsFromInventory(cloudName, inv.clouds[cloudName]!, { env: ctx.env, cwd: process.cwd() }), { log: ctx.log, signal: ctx.signal });
@@ -65,4 +64,16 @@ export function restoreMapping(opts: Record<string, unknown>): RestoreMapping {
     availabilityZone: opts['availabilityZone'] as string | undefined,
     volumeType: opts['volumeType'] as string | undefined,
   };
+}
+
+/**
+ * The cloud of `restore --plan` and `restore --to-cloud`: the one asked for, else the point's own
+ * when the inventory has it, else the inventory's only cloud.
+ */
+export function restoreCloudName(inv: Pick<Inventory, 'clouds'>, point: PointInfo, asked: string | undefined, flag: string): string {
+  const clouds = Object.keys(inv.clouds);
+  const source = point.manifest.source as { cloud?: unknown } | undefined;
+  const name = asked ?? (typeof source?.cloud === 'string' && clouds.includes(source.cloud) ? source.cloud : clouds.length === 1 ? clouds[0] : undefined);
+  if (!name || !inv.clouds[name]) throw new UsageError(`say which cloud to restore into with ${flag} (the inventory has: ${clouds.join(', ') || 'none'})`);
+  return name;
 }
