@@ -58,7 +58,7 @@ export function startExportDiff(rbd: Pick<Rbd, 'stream'>, req: Pick<ExportDiffRe
 export async function* readExportDiff(rbd: Pick<Rbd, 'stream'>, req: ExportDiffRequest, started?: Promise<StreamingExec>): AsyncGenerator<Extent> {
   const what = `rbd export-diff ${req.fromSnap ? `--from-snap ${req.fromSnap} ` : ''}${req.pool}/${req.image}@${req.snap}`;
   const proc = await (started ?? startExportDiff(rbd, req));
-  const idle = idleWatch(proc.stdout, proc, req.idleTimeoutMs ?? 600_000, what);
+  const idle = idleWatch(proc, req.idleTimeoutMs ?? 600_000, what);
   let exited = false;
   try {
     yield* diffExtents(parseRbdDiff(idle.source, { what, ordered: true }), { ...req, sourceReusesBuffers: proc.reusesBuffers === true }, what);
@@ -173,7 +173,7 @@ export async function* diffExtents(
 }
 
 /** Kills the command when its stdout stays silent for `ms`; `fired` then says so. */
-function idleWatch(stdout: AsyncIterable<Buffer>, proc: StreamingExec, ms: number, what: string): { source: AsyncIterable<Buffer>; fired: Error | undefined; stop(): void } {
+function idleWatch(proc: StreamingExec, ms: number, what: string): { source: AsyncIterable<Buffer>; fired: Error | undefined; stop(): void } {
   let timer: NodeJS.Timeout | undefined;
   const arm = () => {
     if (timer) clearTimeout(timer);
@@ -186,7 +186,7 @@ function idleWatch(stdout: AsyncIterable<Buffer>, proc: StreamingExec, ms: numbe
   const state = {
     fired: undefined as Error | undefined,
     source: (async function* () {
-      for await (const chunk of stdout) {
+      for await (const chunk of proc.stdout) {
         arm();
         yield chunk;
       }
