@@ -54,9 +54,4 @@ export class BufferPool {
     if (this.free.includes(buf)) throw new Error('buffer pool: the same buffer was given back twice');
     if (this.free.length < this.maxFree) this.free.push(buf);
   }
-
-  /** Buffers currently waiting for reuse. */
-  get idle(): number {
-    return this.free.length;
-  }
 }
