@@ -61,8 +61,8 @@ export async function policyTargets(
       }
       selected = selected.filter((vm) => wanted.has(vm.id) || wanted.has(vm.name));
     }
-    const ids = new Set(selected.map((vm) => vm.name));
-    const warnings = report.warnings.filter((w) => w.subject === undefined || ids.has(w.subject)).map((w) => `${w.message} (fix: ${w.fix})`);
+    const selectedNames = new Set(selected.map((vm) => vm.name));
+    const warnings = report.warnings.filter((w) => w.subject === undefined || selectedNames.has(w.subject)).map((w) => `${w.message} (fix: ${w.fix})`);
     return {
       targets: selected.map((vm) => ({
         target: toTarget(vm, inventory),

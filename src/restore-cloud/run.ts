@@ -146,16 +146,16 @@ export async function restoreToCloud(req: RestoreCloudRequest): Promise<RestoreC
         wait,
         { onCreated: (id) => ledger.add({ kind: 'volume', id, name: v.name, disk: v.disk }) },
       );
-      const original = meta.disks?.find((d) => d.key === v.disk);
-      const { location, searched } = await locateVolumeImage(req.inventory, req.cloud.name, created.id, original, signal);
+      const originalDisk = meta.disks?.find((d) => d.key === v.disk);
+      const { location, searched } = await locateVolumeImage(req.inventory, req.cloud.name, created.id, originalDisk, signal);
       if (!location) throw notOnRbd(created, req.cloud.name, searched);
       log.info(`writing ${src.key} of point ${point.pointId} into volume ${created.id} (rbd ${location.pool}/${location.image} of cluster ${location.clusterName})`);
       const w = await writeVolumeImage({ repo, point, key: src.key, location, volumeBytes: v.sizeGb * GiB, signal, events: req.events });
       const boot = v.bootIndex === 0;
       if (boot) {
         await setVolumeBootable(target, created.id);
-        const original = meta.volumes.find((x) => `volume-${x.id}` === v.disk);
-        await setVolumeImageMetadata(target, created.id, uploadableImageProperties(original?.imageMetadata ?? {}));
+        const originalVolume = meta.volumes.find((x) => `volume-${x.id}` === v.disk);
+        await setVolumeImageMetadata(target, created.id, uploadableImageProperties(originalVolume?.imageMetadata ?? {}));
       }
       volumes.push({ disk: v.disk, sourceDisk: src.key, id: created.id, name: v.name, sizeGb: v.sizeGb, boot, rbd: `${location.clusterName}:${location.pool}/${location.image}`, dataBytes: w.dataBytes });
     }
