@@ -72,15 +72,17 @@ export function parseBatch(out: string, boundary: string, count: number): StepRe
 }
 
 /**
- * Runs the steps in one exec. A batch too large for one command line (it never is for journals
- * and checkpoint XML) runs step by step, with the same semantics.
+ * Runs the steps in one round trip: the hypervisor's persistent shell when it keeps one, else
+ * one exec. A batch too large for one command line (it never is for journals and checkpoint
+ * XML) runs step by step there, with the same semantics.
  */
 export async function runBatch(hv: Hypervisor, steps: readonly Step[], opts: { parallel?: boolean; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<StepResult[]> {
   if (steps.length === 0) return [];
   const boundary = newBoundary();
   const script = batchScript(steps, boundary, opts.parallel ?? false);
-  const execOpts = { ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : { timeoutMs: 300_000 }), ...(opts.signal !== undefined ? { signal: opts.signal } : {}) };
-  if (script.length > MAX_SCRIPT) {
+  const execOpts = { timeoutMs: opts.timeoutMs ?? 300_000, ...(opts.signal !== undefined ? { signal: opts.signal } : {}) };
+  let r = await hv.shellScript(script, execOpts);
+  if (!r && script.length > MAX_SCRIPT) {
     const out: StepResult[] = steps.map(() => ({ code: undefined, stdout: '', stderr: '' }));
     for (const [i, s] of steps.entries()) {
       const r = await hv.exec(s.argv, execOpts);
@@ -89,7 +91,7 @@ export async function runBatch(hv: Hypervisor, steps: readonly Step[], opts: { p
     }
     return out;
   }
-  const r = await hv.exec(['sh', '-c', script], execOpts);
+  r ??= await hv.exec(['sh', '-c', script], execOpts);
   if (r.code !== 0) throw new UnavailableError(`a command batch on ${hv.name} failed${r.code === undefined ? ` (${r.signal ?? 'no exit status'})` : ` with exit status ${r.code}`}: ${r.stderr.trim().slice(-500)}`);
   return parseBatch(r.stdout, boundary, steps.length);
 }

@@ -101,3 +101,16 @@ export async function deleteCheckpoint(hv: Hypervisor, domain: string, name: str
     throw err;
   }
 }
+
+/**
+ * Deletes several checkpoints in order, in one round trip (`deleteCheckpoint` each); absent
+ * ones are fine, any other failure is libvirt's own error (the first one).
+ */
+export async function deleteCheckpoints(hv: Hypervisor, domain: string, list: readonly { name: string; metadataOnly: boolean }[]): Promise<void> {
+  const commands = list.map((d) => ['checkpoint-delete', domain, d.name, ...(d.metadataOnly ? ['--metadata'] : [])]);
+  const results = await hv.virshEach(commands, { signal: null });
+  results.forEach((r, i) => {
+    if (r.code === 0 || /not found|no domain checkpoint/i.test(r.stderr)) return;
+    throw hv.virshError(commands[i]!, r);
+  });
+}

@@ -1,14 +1,18 @@
 /**
  * The commands vprotect runs on a hypervisor, over the run's one SSH connection: virsh (with
- * the inventory's libvirt URI), qemu-img/qemu-nbd, and small file operations. Every call is
- * one SSH exec with quoted argv; none of them is ever issued per extent.
+ * the inventory's libvirt URI), qemu-img/qemu-nbd, and small file operations, as quoted argv.
+ * After `keepProcesses()` (a backup session, cleanup) virsh commands go to ONE persistent virsh
+ * and other commands to ONE persistent shell (persistent.ts); otherwise, and when a persistent
+ * process cannot be started, each call is its own SSH exec. None is ever issued per extent.
  */
-import { UnavailableError, VprotectError } from '../../src/errors.js';
+import { UnavailableError, VprotectError, errorMessage } from '../../src/errors.js';
 import type { HypervisorConfig } from '../../src/inventory/types.js';
 import type { Logger } from '../../src/log.js';
 import { CommandFailedError } from '../../src/transport/command.js';
-import { shellQuote } from '../../src/transport/quote.js';
+import { describeArgv, shellJoin } from '../../src/transport/quote.js';
 import type { ExecResult, SshConnection } from '../../src/transport/ssh.js';
+import { newBoundary, splitVirshMulti, virshMultiArgv, type StepResult } from './batch.js';
+import { PersistentShell, PersistentVirsh, ProcessLostError, ProcessStartError, virshCanCarry } from './persistent.js';
 
 /** A libvirt/virsh failure with libvirt's own message ("error: …") as the message. */
 export class VirshError extends UnavailableError {
@@ -23,7 +27,16 @@ export class VirshError extends UnavailableError {
 /** virsh commands that change nothing (may be repeated after a lost exit status). */
 const QUERIES = new Set(['domstate', 'dumpxml', 'list', 'checkpoint-list', 'checkpoint-dumpxml', 'domjobinfo', 'backup-dumpxml', 'domblklist', 'domblkinfo', 'domuuid', 'blockjob']);
 
+/** backup-dumpxml's words for "no backup job" (libvirt versions differ). */
+const NO_BACKUP_JOB = /no domain backup job|does not have a backup job|no active backup|job id not found|not running|domain is not running/i;
+/** domjobabort's words for "nothing to abort". */
+const NO_JOB = /no job is active|not running|no active job/i;
+
+type CallOptions = { timeoutMs?: number; signal?: AbortSignal | null };
+
 export class Hypervisor {
+  private kept: { virsh: PersistentVirsh; shell: PersistentShell } | undefined;
+
   constructor(
     readonly conn: SshConnection,
     readonly config: HypervisorConfig,
@@ -40,25 +53,70 @@ export class Hypervisor {
     return this.config.vmUser ?? 'libvirt-qemu';
   }
 
+  /**
+   * From now on virsh commands go to one persistent virsh, other commands (without stdin) to one
+   * persistent shell, both started on first use; `closeProcesses()` ends them.
+   */
+  keepProcesses(): void {
+    this.kept ??= { virsh: new PersistentVirsh(this.conn, this.virshArgv([]), this.log), shell: new PersistentShell(this.conn, this.log) };
+  }
+
+  /** Ends the persistent processes (EOF on stdin; killed if they do not exit promptly). */
+  async closeProcesses(): Promise<void> {
+    const kept = this.kept;
+    this.kept = undefined;
+    if (kept) await Promise.all([kept.virsh.close(), kept.shell.close()]);
+  }
+
+  private signalOf(opts: CallOptions): AbortSignal | undefined {
+    return opts.signal === null ? undefined : (opts.signal ?? this.signal);
+  }
+
   /** Runs argv; a non-zero exit is a CommandFailedError with stderr. */
-  async run(argv: string[], opts: { stdin?: string | Buffer; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<ExecResult> {
-    const signal = opts.signal === null ? undefined : (opts.signal ?? this.signal);
-    const started = Date.now();
-    try {
-      return await this.conn.run(argv, { ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}), ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(signal ? { signal } : {}) });
-    } finally {
-      this.log?.debug('hypervisor run', { host: this.name, argv: argv.slice(0, 4), ms: Date.now() - started });
+  async run(argv: string[], opts: { stdin?: string | Buffer } & CallOptions = {}): Promise<ExecResult> {
+    const r = await this.exec(argv, opts);
+    if (r.code !== 0) {
+      const why = r.code === undefined ? `was killed by ${r.signal ?? 'a signal'}` : `failed with exit status ${r.code}`;
+      const err = r.stderr.trim();
+      throw new CommandFailedError(`${describeArgv(argv)} on ${this.name} ${why}${err ? `: ${err.slice(-2000)}` : ''}`, argv, r.code, r.stderr);
     }
+    return r;
   }
 
   /** Runs argv and returns its result whatever the exit status. */
-  async exec(argv: string[], opts: { stdin?: string | Buffer; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<ExecResult> {
-    const signal = opts.signal === null ? undefined : (opts.signal ?? this.signal);
+  async exec(argv: string[], opts: { stdin?: string | Buffer } & CallOptions = {}): Promise<ExecResult> {
     const started = Date.now();
+    if (this.kept && opts.stdin === undefined) {
+      const r = await this.shellScript(shellJoin(argv), opts, argv);
+      if (r) return r;
+    }
+    const signal = this.signalOf(opts);
     const r = await this.conn.exec(argv, { ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}), ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(signal ? { signal } : {}) });
     // Round trips are the fixed cost of a small incremental: each one is logged with its time.
     this.log?.debug('hypervisor exec', { host: this.name, argv: argv.slice(0, 4), ms: Date.now() - started, code: r.code });
     return r;
+  }
+
+  /**
+   * A shell script (built from quoted argv only) in the persistent shell, or undefined when
+   * there is none or it cannot start (nothing was sent: the caller uses an SSH exec). A shell
+   * that died before answering gives no exit status, like an exec whose channel was lost.
+   */
+  async shellScript(script: string, opts: CallOptions = {}, argvForLog?: string[]): Promise<ExecResult | undefined> {
+    if (!this.kept) return undefined;
+    const started = Date.now();
+    try {
+      const r = await this.kept.shell.script(script, { timeoutMs: opts.timeoutMs, signal: this.signalOf(opts) });
+      this.log?.debug('hypervisor sh', { host: this.name, argv: argvForLog?.slice(0, 4) ?? ['script'], ms: Date.now() - started, code: r.code });
+      return { code: r.code, signal: undefined, stdout: r.stdout, stderr: r.stderr };
+    } catch (err) {
+      if (err instanceof ProcessStartError) {
+        this.log?.debug(`${errorMessage(err)} on ${this.name}: one exec instead`);
+        return undefined;
+      }
+      if (err instanceof ProcessLostError) return { code: undefined, signal: undefined, stdout: '', stderr: err.message };
+      throw err;
+    }
   }
 
   /** The argv of `virsh ARGS` against the inventory's libvirt URI (for command batches). */
@@ -70,13 +128,62 @@ export class Hypervisor {
    * virsh ARGS; failures become VirshError with libvirt's message. `signal: null` runs it
    * even when the run was interrupted (cleanup must still reach the hypervisor).
    */
-  async virsh(args: string[], opts: { stdin?: string; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<string> {
-    const argv = this.virshArgv(args);
-    let r = await this.exec(argv, { timeoutMs: opts.timeoutMs ?? 120_000, ...opts });
-    // Seen under load: the channel closed with neither exit status nor signal. Queries are safe to ask again.
-    if (r.code === undefined && r.signal === undefined && QUERIES.has(args[0]!)) r = await this.exec(argv, { timeoutMs: opts.timeoutMs ?? 120_000, ...opts });
+  async virsh(args: string[], opts: { stdin?: string } & CallOptions = {}): Promise<string> {
+    if (opts.stdin === undefined) {
+      const [r] = await this.virshEach([args], opts);
+      if (r!.code !== 0) throw this.virshError(args, r!);
+      return r!.stdout;
+    }
+    const r = await this.exec(this.virshArgv(args), { timeoutMs: 120_000, ...opts });
     if (r.code !== 0) throw this.virshError(args, r);
     return r.stdout;
+  }
+
+  /**
+   * Several virsh commands, one result each (code 0, non-zero, or undefined: did not run), in
+   * order; a failure does not stop the others. With kept processes: ONE round trip to the
+   * persistent virsh. Otherwise (or when it cannot start): one virsh process for all, and
+   * when virsh complained about anything, the commands again one process each, so that every
+   * error is told apart.
+   */
+  async virshEach(commands: string[][], opts: CallOptions = {}): Promise<StepResult[]> {
+    if (commands.length === 0) return [];
+    const timeoutMs = opts.timeoutMs ?? 120_000;
+    const signal = this.signalOf(opts);
+    const queries = commands.every((c) => QUERIES.has(c[0]!));
+    if (this.kept && virshCanCarry(commands)) {
+      for (let attempt = 0; attempt < 2; attempt++) {
+        const started = Date.now();
+        try {
+          const r = await this.kept.virsh.run(commands, { timeoutMs, signal });
+          this.log?.debug('hypervisor virsh', { host: this.name, commands: commands.map((c) => c[0]), ms: Date.now() - started, codes: r.map((x) => x.code) });
+          return r;
+        } catch (err) {
+          if (err instanceof ProcessStartError) break;
+          if (!(err instanceof ProcessLostError)) throw err;
+          this.log?.debug(`persistent virsh on ${this.name} lost (${errorMessage(err)})`);
+          // A lost answer to queries is safe to ask again (a new process starts); changes are not.
+          if (!queries || attempt === 1) throw err;
+        }
+      }
+      this.log?.debug(`virsh on ${this.name}: one exec instead of the persistent virsh`);
+    }
+    const once = async (argv: string[]) => {
+      let r = await this.exec(argv, { timeoutMs, signal: signal ?? null });
+      // Seen under load: the channel closed with neither exit status nor signal. Queries are safe to ask again.
+      if (r.code === undefined && r.signal === undefined && queries) r = await this.exec(argv, { timeoutMs, signal: signal ?? null });
+      return r;
+    };
+    // Changes run one process each (their errors told apart); queries share one process first.
+    if (commands.length > 1 && queries) {
+      const boundary = newBoundary();
+      const all = await once(virshMultiArgv(this, commands, boundary));
+      const sections = all.code === 0 && all.stderr.trim() === '' ? splitVirshMulti(all.stdout, boundary, commands.length) : undefined;
+      if (sections) return sections.map((stdout) => ({ code: 0, stdout, stderr: '' }));
+    }
+    const out: StepResult[] = [];
+    for (const c of commands) out.push(await once(this.virshArgv(c)));
+    return out;
   }
 
   /** The VirshError of a failed `virsh ARGS` (libvirt's own words). */
@@ -137,61 +244,39 @@ export class Hypervisor {
     try {
       return await this.virsh(['backup-dumpxml', domain], { signal: null });
     } catch (err) {
-      if (err instanceof VirshError && /no domain backup job|does not have a backup job|no active backup|job id not found/i.test(err.stderr)) return undefined;
-      if (err instanceof VirshError && /not running|domain is not running/i.test(err.stderr)) return undefined;
+      if (err instanceof VirshError && NO_BACKUP_JOB.test(err.stderr)) return undefined;
       throw err;
     }
   }
 
-  /** Ends a backup job (`domjobabort`); absent jobs are fine. */
-  async abortJob(domain: string): Promise<void> {
-    try {
-      await this.virsh(['domjobabort', domain], { signal: null });
-    } catch (err) {
-      if (err instanceof VirshError && /no job is active|not running|no active job/i.test(err.stderr)) return;
-      throw err;
-    }
-    // domjobabort returns before libvirt has torn the job down (NBD server, scratch files); the
-    // next libvirt call on the domain (checkpoint-delete, blockcommit) needs it gone.
-    // Under load domjobinfo was seen still reporting the Backup job after backup-dumpxml had none:
-    // wait for both.
-    for (let i = 0; i < 100; i++) {
-      if ((await this.backupJobXml(domain)) === undefined && (await this.activeJob(domain).catch(() => undefined)) !== 'Backup') return;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort`);
+  /** Ends the domain's backup job only if it is the one a run started (its XML names `ownMark`, the run directory). */
+  async endOwnBackupJob(domain: string, ownMark: string): Promise<void> {
+    const xml = await this.backupJobXml(domain);
+    if (xml !== undefined && xml.includes(ownMark)) await this.abortJob(domain);
   }
 
   /**
-   * `abortJob` as one remote command, for command batches: ends the domain's backup job only if
-   * it is the run's own (its XML names `ownMark`, the run directory), then waits for libvirt to
-   * have torn it down (both domjobinfo and backup-dumpxml: seen out of step under load).
+   * Ends a backup job (`domjobabort`; absent jobs are fine) and waits until libvirt has torn it
+   * down (NBD server, scratch files): domjobabort returns before that, and the next libvirt call
+   * on the domain (checkpoint-delete, blockcommit) needs it gone. Under load domjobinfo was seen
+   * still reporting the Backup job after backup-dumpxml had none: both are asked, in the same
+   * round trip as the abort, then again at growing intervals (the first ask usually says gone).
    */
-  endOwnBackupJobArgv(domain: string, ownMark: string): string[] {
-    const script = [
-      'dom=$1; mark=$2; poll=$3; shift 3',
-      'gone="no domain backup|does not have a backup job|no active backup|job id not found|not running"',
-      'x=$("$@" backup-dumpxml "$dom" 2>&1) || { printf "%s\\n" "$x" | grep -qiE "$gone" && exit 0; printf "%s\\n" "$x" >&2; exit 1; }',
-      'case $x in *"$mark"*) ;; *) exit 0 ;; esac',
-      'e=$("$@" domjobabort "$dom" 2>&1) || { printf "%s\\n" "$e" | grep -qiE "no job is active|not running|no active job" || { printf "%s\\n" "$e" >&2; exit 1; }; }',
-      'i=0',
-      'while [ $i -lt 100 ]; do',
-      // Both questions in one virsh process: the job is gone when neither answer shows it.
-      '  o=$("$@" "$poll" 2>/dev/null)',
-      '  case $o in *"Operation:"*Backup*|*"<domainbackup"*) ;; *) exit 0 ;; esac',
-      '  sleep 0.2; i=$((i+1))',
-      'done',
-      'echo "the backup job of $dom did not end within 20 s of domjobabort" >&2; exit 1',
-    ].join('\n');
-    // virsh's command-string parser takes POSIX-style quoting: shellQuote.
-    const poll = `domjobinfo ${shellQuote(domain)} ; backup-dumpxml ${shellQuote(domain)}`;
-    return ['sh', '-c', script, 'sh', domain, ownMark, poll, ...this.virshArgv([])];
-  }
-
-  /** `virsh checkpoint-delete` as one remote command for batches; an absent checkpoint is fine. */
-  deleteCheckpointArgv(domain: string, name: string, metadataOnly: boolean): string[] {
-    const script = 'e=$("$@" 2>&1) && exit 0; printf "%s\\n" "$e" | grep -qiE "not found|no domain checkpoint" && exit 0; printf "%s\\n" "$e" >&2; exit 1';
-    return ['sh', '-c', script, 'sh', ...this.virshArgv(['checkpoint-delete', domain, name, ...(metadataOnly ? ['--metadata'] : [])])];
+  async abortJob(domain: string): Promise<void> {
+    const poll = [
+      ['domjobinfo', domain],
+      ['backup-dumpxml', domain],
+    ];
+    const [abort, ...first] = await this.virshEach([['domjobabort', domain], ...poll], { signal: null });
+    if (abort!.code !== 0 && !NO_JOB.test(abort!.stderr)) throw this.virshError(['domjobabort'], abort!);
+    const stillThere = (r: StepResult[]) => /Operation:\s+Backup/.test(r[0]!.stdout) || r[1]!.stdout.includes('<domainbackup');
+    if (!stillThere(first)) return;
+    const deadline = Date.now() + 20_000;
+    for (let wait = 10; Date.now() < deadline; wait = Math.min(wait * 2, 200)) {
+      await new Promise((r) => setTimeout(r, wait));
+      if (!stillThere(await this.virshEach(poll, { signal: null }))) return;
+    }
+    throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort`);
   }
 
   /** Creates a directory that qemu (vmUser) can create sockets and scratch files in. */

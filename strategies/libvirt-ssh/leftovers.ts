@@ -60,6 +60,8 @@ export async function findLeftovers(ctx: StrategyContext, known?: KnownAnchors):
       continue;
     }
     const hv = new Hypervisor(borrowed.conn, hvConfig, ctx.log);
+    // Many small queries (per domain): one persistent virsh and shell instead of an exec each.
+    hv.keepProcesses();
     try {
       const seen = new Set<string>();
       // Checkpoints some run's journal (live or dead) accounts for, per domain.
@@ -119,6 +121,7 @@ export async function findLeftovers(ctx: StrategyContext, known?: KnownAnchors):
         }
       }
     } finally {
+      await hv.closeProcesses().catch(() => undefined);
       await borrowed.release();
     }
   }
@@ -127,9 +130,12 @@ export async function findLeftovers(ctx: StrategyContext, known?: KnownAnchors):
 
 async function withHv<T>(ctx: StrategyContext, config: Parameters<typeof borrowConnection>[0], fn: (hv: Hypervisor) => Promise<T>): Promise<T> {
   const b = await borrowConnection(config, ctx.env, ctx.log);
+  const hv = new Hypervisor(b.conn, config, ctx.log);
+  hv.keepProcesses();
   try {
-    return await fn(new Hypervisor(b.conn, config, ctx.log));
+    return await fn(hv);
   } finally {
+    await hv.closeProcesses().catch(() => undefined);
     await b.release();
   }
 }

@@ -11,25 +11,14 @@
 import { errorMessage } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
 import type { PreviousPoint } from '../../src/strategy/contract.js';
-import { deleteCheckpoint } from './checkpoint-mode.js';
+import { deleteCheckpoints } from './checkpoint-mode.js';
 import type { Hypervisor } from './hypervisor.js';
 import { UnavailableError } from '../../src/errors.js';
-import { newBoundary, runBatch, virshMultiArgv, type Step } from './batch.js';
+import { runBatch, type Step } from './batch.js';
 import { journalStep, listJournals, ownerMayBeAlive, type Journal, type ListedJournal } from './journal.js';
 import { asAnchor } from './plan.js';
-import { stopQemuNbd, stopQemuNbdArgv } from './qemu-nbd.js';
+import { stopQemuNbdArgv } from './qemu-nbd.js';
 import { commitFrozenOverlay, rollbackOverlay } from './snapshot-mode.js';
-
-/** Ends the domain's backup job if it is the one this run started (its files are in the run dir). */
-async function endOwnJob(hv: Hypervisor, j: Journal): Promise<void> {
-  if (!j.job) return;
-  const xml = await hv.backupJobXml(j.domain);
-  if (xml !== undefined && xml.includes(j.dir)) await hv.abortJob(j.domain);
-}
-
-async function stopServers(hv: Hypervisor, j: Journal): Promise<void> {
-  for (const pid of j.nbdPidFiles ?? []) await stopQemuNbd(hv, pid);
-}
 
 async function isRunning(hv: Hypervisor, domain: string): Promise<boolean> {
   const s = await hv.domainState(domain);
@@ -51,32 +40,17 @@ function olderCheckpoints(j: Journal): string[] {
  * `qemu-img bitmap --remove` by hand).
  */
 export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boolean; writeJournalFirst?: boolean }): Promise<void> {
-  // One command batch for everything but overlay merges (blockcommit is long and watched step by step).
-  const steps: { step: Step; what: string }[] = [];
-  if (opts.writeJournalFirst) steps.push({ step: journalStep(j), what: 'writing the run journal' });
-  if (j.job) steps.push({ step: { argv: hv.endOwnBackupJobArgv(j.domain, j.dir) }, what: 'ending the backup job' });
-  for (const pid of j.nbdPidFiles ?? []) steps.push({ step: { argv: stopQemuNbdArgv(pid), mayFail: true }, what: 'stopping qemu-nbd' });
+  // The journal that says "committing" is written (and succeeded) before anything is dropped.
+  const pre: Step[] = [...(opts.writeJournalFirst ? [journalStep(j)] : []), ...(j.nbdPidFiles ?? []).map((pid) => ({ argv: stopQemuNbdArgv(pid), mayFail: true }))];
+  if (pre.length) {
+    const r = await runBatch(hv, pre, { signal: null });
+    if (opts.writeJournalFirst && r[0]!.code !== 0) throw new UnavailableError(`writing the run journal ${j.dir} on ${hv.name} failed: ${r[0]!.stderr.trim().slice(-500) || `exit status ${r[0]!.code ?? 'unknown'}`}`);
+  }
+  if (j.job) await hv.endOwnBackupJob(j.domain, j.dir);
   // Older checkpoints with their bitmaps first, then the new one's metadata only.
-  const deletes = [...olderCheckpoints(j).map((name) => ({ name, metadataOnly: !opts.running })), ...(j.checkpoint ? [{ name: j.checkpoint.name, metadataOnly: true }] : [])];
-  const deleteArgs = deletes.map((d) => ['checkpoint-delete', j.domain, d.name, ...(d.metadataOnly ? ['--metadata'] : [])]);
-  // All in one virsh process; any complaint (a checkpoint already gone, …) and they run again
-  // one by one below, where an absent checkpoint is fine and any other error is libvirt's own.
-  if (deleteArgs.length) steps.push({ step: { argv: ['sh', '-c', 'e=$("$@" 2>&1 >/dev/null); [ -z "$e" ] || { printf "%s\\n" "$e" >&2; exit 1; }', 'sh', ...virshMultiArgv(hv, deleteArgs, newBoundary())] }, what: 'deleting checkpoints' });
-  const overlays = j.overlays ?? [];
-  if (overlays.length === 0) steps.push({ step: { argv: ['rm', '-rf', '--', j.dir] }, what: `removing ${j.dir}` });
-  const results = await runBatch(hv, steps.map((s) => s.step), { signal: null });
-  let deletesDone = deleteArgs.length === 0;
-  let dirRemoved = false;
-  steps.forEach((s, i) => {
-    const r = results[i]!;
-    if (s.what === 'deleting checkpoints') deletesDone = r.code === 0;
-    else if (s.what.startsWith('removing')) dirRemoved = r.code === 0;
-    if (r.code === 0 || s.step.mayFail || r.code === undefined || s.what === 'deleting checkpoints') return;
-    throw new UnavailableError(`${s.what} on ${hv.name} failed: ${r.stderr.trim().slice(-500) || `exit status ${r.code}`}`);
-  });
-  if (!deletesDone) for (const d of deletes) await deleteCheckpoint(hv, j.domain, d.name, { metadataOnly: d.metadataOnly });
-  for (const o of overlays) await commitFrozenOverlay(hv, j.domain, o);
-  if (!dirRemoved) await hv.remove(j.dir);
+  await deleteCheckpoints(hv, j.domain, [...olderCheckpoints(j).map((name) => ({ name, metadataOnly: !opts.running })), ...(j.checkpoint ? [{ name: j.checkpoint.name, metadataOnly: true }] : [])]);
+  for (const o of j.overlays ?? []) await commitFrozenOverlay(hv, j.domain, o);
+  await hv.remove(j.dir);
 }
 
 /**
@@ -84,10 +58,9 @@ export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boo
  * bitmap, the previous one's bitmap kept (the next run redefines it) but not its metadata.
  */
 export async function rollbackRun(hv: Hypervisor, j: Journal, opts: { running: boolean }): Promise<void> {
-  await endOwnJob(hv, j);
-  await stopServers(hv, j);
-  if (j.checkpoint) await deleteCheckpoint(hv, j.domain, j.checkpoint.name, { metadataOnly: !opts.running });
-  for (const name of olderCheckpoints(j)) await deleteCheckpoint(hv, j.domain, name, { metadataOnly: true });
+  if (j.job) await hv.endOwnBackupJob(j.domain, j.dir);
+  if (j.nbdPidFiles?.length) await runBatch(hv, j.nbdPidFiles.map((pid) => ({ argv: stopQemuNbdArgv(pid), mayFail: true })), { signal: null });
+  await deleteCheckpoints(hv, j.domain, [...(j.checkpoint ? [{ name: j.checkpoint.name, metadataOnly: !opts.running }] : []), ...olderCheckpoints(j).map((name) => ({ name, metadataOnly: true }))]);
   for (const o of j.overlays ?? []) await rollbackOverlay(hv, j.domain, o, opts.running);
   await hv.remove(j.dir);
 }

@@ -25,7 +25,7 @@ import type { Extent } from '../../src/repository/extents.js';
 import { unifyLevels } from '../../src/engine/backup-vm.js';
 import type { BackupSession, BackupTarget, ConsistencyReport, DiskPlan, MetadataFile, PreviousPoint, StrategyContext } from '../../src/strategy/contract.js';
 import { connectSocketChannel, DEPTH_READ_CONTEXTS, dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, newCounters, readAllocationDepth, readDirty, readFull, type NbdDialer } from '../../src/transport/nbd/index.js';
-import { newBoundary, runBatch, splitVirshMulti, virshMultiArgv, writeFileStep, type Step, type StepResult } from './batch.js';
+import { runBatch, writeFileStep, type Step, type StepResult } from './batch.js';
 import { backupJobXml, checkpointForRedefine, checkpointXml, dumpCheckpoint, jobBitmapName, type JobDisk, type NbdServer } from './checkpoint-mode.js';
 import { borrowConnection, type BorrowedConnection } from './connections.js';
 import { checkHooks, freezeGuest, runHook, thawGuest } from './consistency.js';
@@ -53,11 +53,15 @@ export async function openSession(target: BackupTarget, ctx: StrategyContext): P
   if (!target.domain) throw new UsageError(`${target.vmName}: no libvirt domain name`);
   const options = parseOptions(ctx.options);
   const borrowed = await borrowConnection(target.hypervisor, ctx.env, ctx.log);
+  let hv: Hypervisor | undefined;
   try {
-    const hv = new Hypervisor(borrowed.conn, target.hypervisor, ctx.log, ctx.signal);
+    // One virsh and one shell for every phase of the run (persistent.ts), ended by close().
+    hv = new Hypervisor(borrowed.conn, target.hypervisor, ctx.log, ctx.signal);
+    hv.keepProcesses();
     const found = await readDomain(hv, target.domain, options.workDir);
     return new LibvirtSshSession(target, ctx, options, hv, borrowed, found);
   } catch (err) {
+    await hv?.closeProcesses().catch(() => undefined);
     await borrowed.release();
     throw err;
   }
@@ -79,20 +83,18 @@ interface DomainView {
 }
 
 /**
- * The domain as it is now, in one exec: every virsh query in one virsh process, beside the
- * journal listing. When virsh complained about anything, the queries run again one process
- * each, so that each error is told apart (a missing domain, a libvirt without checkpoints).
+ * The domain as it is now, in one round trip to each persistent process, at the same time:
+ * every virsh query (each answer and error told apart) beside the journal listing.
  */
 async function readDomain(hv: Hypervisor, name: string, workDir: string): Promise<DomainView> {
   const queries: string[][] = [['domstate', name], ['dumpxml', name], ['dumpxml', '--inactive', name], ['domblkinfo', name, '--all'], ['checkpoint-list', name, '--name']];
-  const boundary = newBoundary();
-  const fast = [{ argv: virshMultiArgv(hv, queries, boundary) }, { argv: listJournalsArgv(workDir) }];
-  // Queries only: safe to ask again when the batch itself was lost (seen under load: no exit status).
-  const f = await runBatch(hv, fast, { parallel: true, signal: null }).catch(() => runBatch(hv, fast, { parallel: true, signal: null }));
-  const sections = f[0]!.code === 0 && f[0]!.stderr.trim() === '' ? splitVirshMulti(f[0]!.stdout, boundary, queries.length) : undefined;
-  let r: StepResult[];
-  if (sections) r = sections.map((stdout) => ({ code: 0, stdout, stderr: '' }));
-  else r = await runBatch(hv, queries.map((q) => ({ argv: hv.virshArgv(q) })), { parallel: true, signal: null });
+  const listing = listJournalsArgv(workDir);
+  // Queries only: safe to ask again when the answer was lost (seen under load: no exit status).
+  const listJournals = async () => {
+    const l = await hv.exec(listing, { signal: null });
+    return l.code === undefined ? hv.exec(listing, { signal: null }) : l;
+  };
+  const [r, listed] = await Promise.all([hv.virshEach(queries, { signal: null }), listJournals()]);
   const [state, live, inactive, blkinfo, checkpoints] = r as [StepResult, StepResult, StepResult, StepResult, StepResult];
   if (state.code !== 0) {
     if (/failed to get domain|Domain not found/i.test(state.stderr)) throw new UnavailableError(`domain ${name} does not exist on ${hv.name}`, { hint: 'check the domain name (virsh list --all) and the hypervisor' });
@@ -106,7 +108,7 @@ async function readDomain(hv: Hypervisor, name: string, workDir: string): Promis
     inactiveXml: inactive.stdout,
     blkinfo,
     checkpoints: checkpoints.code === 0 ? checkpoints.stdout.split('\n').map((l) => l.trim()).filter(Boolean) : undefined,
-    journals: parseJournalListing(f[1]!.stdout),
+    journals: parseJournalListing(listed.stdout),
   };
 }
 
@@ -261,22 +263,22 @@ export class LibvirtSshSession implements BackupSession {
   }
 
   /**
-   * One command batch: the run directory, the journal (naming the checkpoints about to be
-   * redefined, so that a killed run does not leave their metadata behind), the redefines
-   * (`--redefine-validate`: libvirt checks the bitmaps really are in the images), and for the
-   * netcat transport the hypervisor's listening ports. `checkpoints` gains the redefined names;
-   * returns libvirt's reason for each redefine that failed.
+   * One round trip to the shell: the run directory, the journal (naming the checkpoints about to
+   * be redefined, so that a killed run does not leave their metadata behind), the checkpoint XML
+   * files, and for the netcat transport the hypervisor's listening ports; once that succeeded,
+   * one round trip to virsh: the redefines (`--redefine-validate`: libvirt checks the bitmaps
+   * really are in the images). `checkpoints` gains the redefined names; returns libvirt's
+   * reason for each redefine that failed.
    */
   private async prepareRunDir(toRedefine: Map<string, string>, checkpoints: string[]): Promise<Map<string, string>> {
     const { hv, domainName } = this;
     if (toRedefine.size) this.journal.redefined = [...toRedefine.keys()];
     const steps: Step[] = [{ argv: hv.makeRunDirArgv(this.runDir) }, journalStep(this.journal)];
-    const redefines: { name: string; at: number }[] = [];
+    const redefines: { name: string; command: string[] }[] = [];
     for (const [name, xml] of toRedefine) {
       const file = `${this.runDir}/redefine-${name}.xml`;
       steps.push(writeFileStep(file, checkpointForRedefine(xml)));
-      redefines.push({ name, at: steps.length });
-      steps.push({ argv: hv.virshArgv(['checkpoint-create', domainName, file, '--redefine', '--redefine-validate']), mayFail: true });
+      redefines.push({ name, command: ['checkpoint-create', domainName, file, '--redefine', '--redefine-validate'] });
     }
     const portsAt = this.options.transport === 'netcat' ? steps.push({ argv: ['ss', '-Htln'], mayFail: true }) - 1 : -1;
     const r = await runBatch(hv, steps, { signal: null });
@@ -285,15 +287,16 @@ export class LibvirtSshSession implements BackupSession {
       if (steps[i]!.mayFail || r[i]!.code === 0) continue;
       throw new UnavailableError(`could not write ${i === 1 ? 'the run journal' : 'a checkpoint XML'} in ${this.runDir} on ${hv.name}: ${r[i]!.stderr.trim() || 'not run'}`);
     }
+    if (portsAt >= 0) this.listeningPorts = listeningPorts(r[portsAt]!.stdout);
     const failures = new Map<string, string>();
-    for (const { name, at } of redefines) {
-      const res = r[at]!;
+    const results = await hv.virshEach(redefines.map((d) => d.command), { signal: null });
+    redefines.forEach(({ name }, i) => {
+      const res = results[i]!;
       if (res.code === 0) {
         this.ctx.log.debug(`${domainName}: checkpoint ${name} redefined from the repository`);
         checkpoints.push(name);
       } else failures.set(name, hv.virshError(['checkpoint-create'], res).message.replace(/^virsh checkpoint-create on \S+ failed: /, ''));
-    }
-    if (portsAt >= 0) this.listeningPorts = listeningPorts(r[portsAt]!.stdout);
+    });
     return failures;
   }
 
@@ -411,23 +414,20 @@ export class LibvirtSshSession implements BackupSession {
   }
 
   /**
-   * journal + job files, then backup-begin and checkpoint-dumpxml in one virsh process: one exec.
-   * The job started exactly when the new checkpoint exists (backup-begin creates both at once);
-   * otherwise virsh's first error is backup-begin's.
+   * The journal and the job files in one round trip to the shell; once they are written,
+   * backup-begin and checkpoint-dumpxml in one round trip to virsh. The job started exactly when
+   * the new checkpoint exists (backup-begin creates both at once).
    */
   private async beginJobInOneBatch(prepare: Step[], paths: { job: string; checkpoint: string }): Promise<void> {
     const { hv, domainName } = this;
     const begin = ['backup-begin', domainName, paths.job, paths.checkpoint];
     const dump = ['checkpoint-dumpxml', domainName, this.checkpointName, '--no-domain'];
-    const boundary = newBoundary();
-    const r = await runBatch(hv, [...prepare, { argv: virshMultiArgv(hv, [begin, dump], boundary) }]);
-    this.checkSteps(prepare, r, 'preparing the snapshot');
-    const v = r[prepare.length]!;
-    const sections = splitVirshMulti(v.stdout, boundary, 2);
-    const xml = sections?.[1];
-    if (!xml || !xml.includes(`<name>${this.checkpointName}</name>`)) throw hv.virshError(begin, { ...v, code: v.code || 1 });
+    await this.runChecked(prepare, 'preparing the snapshot');
+    const [begun, dumped] = (await hv.virshEach([begin, dump])) as [StepResult, StepResult];
+    if (begun.code !== 0) throw hv.virshError(begin, begun);
     this.snapshotTaken = true;
-    this.newCheckpointXml = xml;
+    if (dumped.code !== 0 || !dumped.stdout.includes(`<name>${this.checkpointName}</name>`)) throw hv.virshError(dump, { ...dumped, code: dumped.code || 1 });
+    this.newCheckpointXml = dumped.stdout;
   }
 
   /** Runs steps as one batch; the first failure is an error naming `what`. */
@@ -564,11 +564,9 @@ export class LibvirtSshSession implements BackupSession {
    */
   private endJobEarly(): void {
     if (this.jobEnding) return;
-    const argv = this.hv.endOwnBackupJobArgv(this.domainName, this.runDir);
-    this.jobEnding = this.hv.exec(argv, { signal: null }).then(
-      (r) => {
-        if (r.code === 0) this.journal.job = false;
-        else this.ctx.log.debug(`${this.domainName}: ending the backup job early failed (commit ends it): ${r.stderr.trim()}`);
+    this.jobEnding = this.hv.endOwnBackupJob(this.domainName, this.runDir).then(
+      () => {
+        this.journal.job = false;
       },
       (err: unknown) => this.ctx.log.debug(`${this.domainName}: ending the backup job early failed (commit ends it): ${errorMessage(err)}`),
     );
@@ -654,6 +652,7 @@ export class LibvirtSshSession implements BackupSession {
     try {
       await this.rbd?.close();
     } finally {
+      await this.hv.closeProcesses().catch((e: unknown) => this.ctx.log.debug(`ending the persistent processes on ${this.hv.name}: ${errorMessage(e)}`));
       await this.borrowed.release();
     }
   }

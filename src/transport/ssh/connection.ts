@@ -88,6 +88,8 @@ export interface RemoteProcess {
   done: Promise<Omit<ExecResult, 'stdout'>>;
   /** Stops the command (signal + channel close). */
   kill(): void;
+  /** Hands every later piece of the command's stderr to `listener` as it arrives (persistent interactive processes frame their replies by it). */
+  onStderr(listener: (text: string) => void): void;
 }
 
 const PREFERRED_CIPHER = 'aes128-gcm@openssh.com';
@@ -291,7 +293,7 @@ export class SshConnection {
       });
     });
     done.catch(() => {});
-    return { stdout: channel, stdin: channel, done, kill: () => command.kill() };
+    return { stdout: channel, stdin: channel, done, kill: () => command.kill(), onStderr: (listener) => command.stderrListeners.push(listener) };
   }
 
   /** A duplex stream to a unix socket on the host (OpenSSH streamlocal forwarding). */
@@ -520,6 +522,7 @@ class RunningCommand {
   private headDone = false;
   private tail = '';
   private killRequested = false;
+  readonly stderrListeners: ((text: string) => void)[] = [];
 
   constructor(
     readonly channel: ClientChannel,
@@ -559,6 +562,7 @@ class RunningCommand {
       this.head = '';
     }
     this.tail = (this.tail + text).slice(-STDERR_KEEP);
+    for (const listener of this.stderrListeners) listener(text);
   }
 }
 
