@@ -5,11 +5,11 @@
  * buffer, both while the next block is assembled. So every byte is copied once, hashing is off
  * the main thread, and holes stay holes (only data runs are written).
  */
-import type { FileHandle } from 'node:fs/promises';
-import { BufferPool } from '../util/buffer-pool.js';
+import { BufferPool, PAGE_BYTES } from '../util/buffer-pool.js';
 import { zeroDigest } from './block-map.js';
 import { zeros } from './extents.js';
-import { BackgroundSync, writeAll } from './coalescing-writer.js';
+import { BackgroundSync } from './coalescing-writer.js';
+import type { DataFile } from './direct-io.js';
 import { sha256Off } from './hash-worker.js';
 
 interface Pending {
@@ -36,6 +36,24 @@ function zeroFill(buf: Buffer, start: number, end: number): void {
   }
 }
 
+/**
+ * The data runs of a block widened to page boundaries (never past `length`) and joined where
+ * they then touch, so they can be written around the page cache (direct-io.ts). What the
+ * widening adds reads as zeros in the block buffer, and lies in a filesystem block the run
+ * allocates anyway, so holes stay holes.
+ */
+export function pageRuns(runs: readonly (readonly [number, number])[], length: number): [number, number][] {
+  const out: [number, number][] = [];
+  for (const [s, e] of runs) {
+    const from = s - (s % PAGE_BYTES);
+    const to = Math.min(length, Math.ceil(e / PAGE_BYTES) * PAGE_BYTES);
+    const last = out.at(-1);
+    if (last && last[1] >= from) last[1] = Math.max(last[1], to);
+    else out.push([from, to]);
+  }
+  return out;
+}
+
 export class BlockImageWriter {
   private readonly pool: BufferPool;
   private readonly maxPending: number;
@@ -50,7 +68,7 @@ export class BlockImageWriter {
   private lastWrite: Promise<void> = Promise.resolve();
 
   constructor(
-    private readonly fh: FileHandle,
+    private readonly file: DataFile,
     readonly blockSize: number,
     readonly size: number,
     /** Receives each block's digest, in block order. */
@@ -58,7 +76,7 @@ export class BlockImageWriter {
   ) {
     this.maxPending = Math.max(1, Math.floor(MAX_PENDING_BYTES / blockSize));
     this.pool = new BufferPool(blockSize, this.maxPending + 1, true);
-    this.sync = new BackgroundSync(fh);
+    this.sync = new BackgroundSync(file.handle);
   }
 
   private blockLength(block: number): number {
@@ -111,11 +129,11 @@ export class BlockImageWriter {
     } else {
       zeroFill(buffer, this.fill, length);
       const view = buffer.subarray(0, length);
-      const runs = this.runs;
+      const runs = pageRuns(this.runs, length);
       const start = block * this.blockSize;
       // One write at a time, in order: concurrent writes to one file contend for its inode lock.
       const written = this.lastWrite.then(async () => {
-        for (const [s, e] of runs) await writeAll(this.fh, view.subarray(s, e), start + s);
+        for (const [s, e] of runs) await this.file.write(view.subarray(s, e), start + s);
       });
       this.lastWrite = written;
       const bytes = runs.reduce((n, [s, e]) => n + e - s, 0);

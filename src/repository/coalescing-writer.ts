@@ -2,9 +2,12 @@
  * Positional writes gathered into large buffers: strategies hand over 32 KiB–4 MiB pieces, and
  * one syscall per piece costs more CPU than the hashing (DESIGN.md §3). Two buffers alternate so
  * that the next one fills while the previous is written by the thread pool. Non-contiguous
- * writes (the next data after a hole) flush first, which keeps holes holes.
+ * writes (the next data after a hole) flush first, which keeps holes holes. Buffers are
+ * page-aligned and full ones are cut at page boundaries, so appends go around the page cache.
  */
 import type { FileHandle } from 'node:fs/promises';
+import { pageAlignedBuffer, PAGE_BYTES } from '../util/buffer-pool.js';
+import type { DataFile } from './direct-io.js';
 
 export const DEFAULT_WRITE_BUFFER = 8 << 20;
 
@@ -53,39 +56,51 @@ export class CoalescingWriter {
   end = 0;
 
   constructor(
-    private readonly fh: FileHandle,
+    private readonly file: DataFile,
     bufferSize = DEFAULT_WRITE_BUFFER,
   ) {
-    this.buffers = [Buffer.allocUnsafeSlow(bufferSize), Buffer.allocUnsafeSlow(bufferSize)];
-    this.sync = new BackgroundSync(fh);
+    const size = Math.max(PAGE_BYTES, Math.ceil(bufferSize / PAGE_BYTES) * PAGE_BYTES);
+    const buffer = () => pageAlignedBuffer(size, false) ?? Buffer.allocUnsafeSlow(size);
+    this.buffers = [buffer(), buffer()];
+    this.sync = new BackgroundSync(file.handle);
   }
 
+  /** Copies `data` (the caller may reuse it once this returns) for writing at `offset`. */
   async write(offset: number, data: Buffer): Promise<void> {
     if (data.length === 0) return;
-    const buf = this.buffers[this.current]!;
-    if (this.fill > 0 && (offset !== this.start + this.fill || this.fill + data.length > buf.length)) await this.flush();
-    if (data.length >= buf.length) {
-      // Too big to gather: write it directly, and wait, because the caller may reuse `data`.
-      await this.settle();
-      await writeAll(this.fh, data, offset);
-      this.sync.wrote(data.length, Promise.resolve());
-    } else {
-      if (this.fill === 0) this.start = offset;
-      data.copy(this.buffers[this.current]!, this.fill);
-      this.fill += data.length;
+    if (this.fill > 0 && offset !== this.start + this.fill) await this.flush();
+    for (let at = 0; at < data.length; ) {
+      const buf = this.buffers[this.current]!;
+      if (this.fill === 0) this.start = offset + at;
+      const n = Math.min(data.length - at, buf.length - this.fill);
+      data.copy(buf, this.fill, at, at + n);
+      this.fill += n;
+      at += n;
+      if (this.fill === buf.length) await this.flush(true);
     }
     this.end = Math.max(this.end, offset + data.length);
   }
 
-  /** Starts writing the gathered buffer; returns once the previous write has finished. */
-  async flush(): Promise<void> {
+  /**
+   * Starts writing the gathered buffer; returns once the previous write has finished. With
+   * `more` (contiguous data follows), the bytes after the buffer's last page boundary in the
+   * file are carried to the next buffer instead, so every following write starts on a page
+   * boundary and can go around the page cache (direct-io.ts).
+   */
+  async flush(more = false): Promise<void> {
     if (this.fill === 0) return;
     await this.settle();
-    const buf = this.buffers[this.current]!.subarray(0, this.fill);
-    this.inflight = writeAll(this.fh, buf, this.start);
-    this.sync.wrote(buf.length, this.inflight);
+    const buf = this.buffers[this.current]!;
+    const end = this.start + this.fill;
+    const cut = more ? end - (end % PAGE_BYTES) : end;
+    const length = cut > this.start ? cut - this.start : this.fill;
+    this.inflight = this.file.write(buf.subarray(0, length), this.start);
+    this.sync.wrote(length, this.inflight);
     this.current ^= 1;
-    this.fill = 0;
+    const tail = this.fill - length;
+    if (tail > 0) buf.copy(this.buffers[this.current]!, 0, length, this.fill);
+    this.start += length;
+    this.fill = tail;
   }
 
   /**
@@ -102,14 +117,6 @@ export class CoalescingWriter {
     const p = this.inflight;
     this.inflight = undefined;
     if (p) await p;
-  }
-}
-
-export async function writeAll(fh: FileHandle, data: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
-    done += bytesWritten;
   }
 }
 

@@ -60,7 +60,7 @@ export async function writeFullDisk(opts: Common & { blockSize: number }, extent
     await raw.handle.truncate(size);
     map = await HashedFile.create(join(pointDir, mapPath), 1 << 20);
     const lines = new LineBuffer(map);
-    writer = new BlockImageWriter(raw.handle, opts.blockSize, size, (d) => lines.add(`${d.toString('hex')}\n`));
+    writer = new BlockImageWriter(raw.data, opts.blockSize, size, (d) => lines.add(`${d.toString('hex')}\n`));
     const stats: DiskStats = { changedBytes: size, dataBytes: 0, zeroBytes: 0, storedBytes: 0, records: 0 };
     for await (const e of checkedExtents(extents, size, `disk ${key}`)) {
       throwIfAborted(opts.signal);

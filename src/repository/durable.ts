@@ -5,6 +5,7 @@
  */
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { DataFile } from './direct-io.js';
 
 export const PARTIAL_SUFFIX = '.partial';
 
@@ -36,11 +37,18 @@ export async function writeFileDurable(path: string, data: string | Buffer): Pro
 export class AtomicFile {
   private constructor(
     readonly path: string,
-    readonly handle: FileHandle,
+    /** Writes of bulk data: O_DIRECT where aligned (direct-io.ts). */
+    readonly data: DataFile,
   ) {}
 
   static async create(path: string): Promise<AtomicFile> {
-    return new AtomicFile(path, await open(path + PARTIAL_SUFFIX, 'w'));
+    const partial = path + PARTIAL_SUFFIX;
+    const handle = await open(partial, 'w');
+    return new AtomicFile(path, await DataFile.open(handle, partial));
+  }
+
+  get handle(): FileHandle {
+    return this.data.handle;
   }
 
   get partialPath(): string {
@@ -49,6 +57,7 @@ export class AtomicFile {
 
   /** fsync, close, rename into place, fsync the directory. */
   async commit(): Promise<void> {
+    await this.data.closeDirect();
     await this.handle.sync();
     await this.handle.close();
     await rename(this.partialPath, this.path);
@@ -57,6 +66,7 @@ export class AtomicFile {
 
   /** Closes and removes the partial file (best effort: it is garbage either way). */
   async discard(): Promise<void> {
+    await this.data.closeDirect().catch(() => {});
     await this.handle.close().catch(() => {});
     await unlink(this.partialPath).catch(() => {});
   }

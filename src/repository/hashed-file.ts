@@ -18,7 +18,7 @@ export class HashedFile {
 
   static async create(path: string, bufferSize?: number): Promise<HashedFile> {
     const file = await AtomicFile.create(path);
-    return new HashedFile(file, new CoalescingWriter(file.handle, bufferSize));
+    return new HashedFile(file, new CoalescingWriter(file.data, bufferSize));
   }
 
   async append(data: Buffer | string): Promise<void> {

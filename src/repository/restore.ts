@@ -41,7 +41,7 @@ export async function restoreToRawFile(reader: DiskReader, path: string, ctx: Re
   const file = await AtomicFile.create(path);
   try {
     await file.handle.truncate(reader.size);
-    const writer = new CoalescingWriter(file.handle);
+    const writer = new CoalescingWriter(file.data);
     let dataBytes = 0;
     let reported = 0;
     // The writer copies what it gathers and waits for what it writes directly, so the reader

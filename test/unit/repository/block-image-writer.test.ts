@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BlockMapBuilder } from '../../../src/repository/block-map.js';
-import { BlockImageWriter } from '../../../src/repository/block-image-writer.js';
+import { BlockImageWriter, pageRuns } from '../../../src/repository/block-image-writer.js';
+import { DataFile } from '../../../src/repository/direct-io.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -21,14 +22,17 @@ function bytes(n: number, seed: number): Buffer {
 }
 
 /** Writes `runs` through BlockImageWriter; returns the file, its digests, and the reference digests and image. */
-async function run(size: number, blockSize: number, runs: [number, Buffer][]) {
-  const path = join(dir, `img-${size}-${blockSize}.raw`);
+async function run(size: number, blockSize: number, runs: [number, Buffer][], inDir = dir) {
+  const path = join(inDir, `img-${size}-${blockSize}.raw`);
   const fh = await open(path, 'w');
   await fh.truncate(size);
+  const file = await DataFile.open(fh, path);
   const digests: string[] = [];
-  const w = new BlockImageWriter(fh, blockSize, size, (d) => void digests.push(d.toString('hex')));
+  const w = new BlockImageWriter(file, blockSize, size, (d) => void digests.push(d.toString('hex')));
   for (const [off, data] of runs) await w.data(off, data);
   await w.finish();
+  const directIo = file.directIo;
+  await file.closeDirect();
   await fh.close();
   const expectedImage = Buffer.alloc(size);
   const reference: string[] = [];
@@ -38,7 +42,7 @@ async function run(size: number, blockSize: number, runs: [number, Buffer][]) {
     builder.data(off, data);
   }
   builder.finish(size);
-  return { path, digests, reference, image: await readFile(path), expectedImage };
+  return { path, digests, reference, image: await readFile(path), expectedImage, directIo };
 }
 
 describe('BlockImageWriter', () => {
@@ -55,6 +59,24 @@ describe('BlockImageWriter', () => {
     const r = await run(size, bs, runs);
     expect(r.digests).toEqual(r.reference);
     expect(r.image.equals(r.expectedImage)).toBe(true);
+  });
+
+  it('writes around the page cache on a filesystem with O_DIRECT, unaligned runs included', async () => {
+    const bs = 65536;
+    const r = await run(4 * bs + 1234, bs, [
+      [0, bytes(bs, 8)],
+      [bs + 100, bytes(333, 9)],
+      [3 * bs + 4095, bytes(bs + 1, 10)], // to the very end of the disk (not a page multiple)
+    ]);
+    expect(r.image.equals(r.expectedImage)).toBe(true);
+    expect(r.directIo).toBe(true); // no write fell back for good (EINVAL would turn it off)
+  });
+
+  it('pageRuns widens runs to pages inside the block and joins the ones that then touch', () => {
+    expect(pageRuns([[0, 4096]], 65536)).toEqual([[0, 4096]]);
+    expect(pageRuns([[100, 200], [300, 5000]], 65536)).toEqual([[0, 8192]]);
+    expect(pageRuns([[100, 200], [9000, 9001]], 65536)).toEqual([[0, 4096], [8192, 12288]]);
+    expect(pageRuns([[60000, 61000]], 61000)).toEqual([[57344, 61000]]); // never past the block's length
   });
 
   it('a disk with no data: zero digests only, nothing written (the file stays a hole)', async () => {
@@ -83,7 +105,7 @@ describe('BlockImageWriter', () => {
   it('refuses data that goes backwards (a caller bug must not write a wrong image)', async () => {
     const fh = await open(join(dir, 'x.raw'), 'w');
     try {
-      const w = new BlockImageWriter(fh, 65536, 1 << 20, () => {});
+      const w = new BlockImageWriter(await DataFile.open(fh, join(dir, 'x.raw')), 65536, 1 << 20, () => {});
       await w.data(5000, bytes(100, 1));
       await expect(w.data(4000, bytes(100, 2))).rejects.toThrow(/not after the previous data/);
       await w.data(3 * 65536, bytes(100, 3));

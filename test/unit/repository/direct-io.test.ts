@@ -1,0 +1,83 @@
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { CoalescingWriter } from '../../../src/repository/coalescing-writer.js';
+import { DataFile } from '../../../src/repository/direct-io.js';
+import { isPageAligned, pageAlignedBuffer } from '../../../src/util/buffer-pool.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'vprotect-dio-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function bytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = 1 + ((i * 131 + seed * 7919) % 255);
+  return b;
+}
+
+async function withFile<T>(name: string, fn: (file: DataFile) => Promise<T>): Promise<{ result: T; content: Buffer }> {
+  const path = join(dir, name);
+  const fh = await open(path, 'w');
+  const file = await DataFile.open(fh, path);
+  try {
+    const result = await fn(file);
+    return { result, content: await readFile(path) };
+  } finally {
+    await file.closeDirect();
+    await fh.close();
+  }
+}
+
+describe('page-aligned buffers and DataFile', () => {
+  it('pageAlignedBuffer gives page-aligned memory of the exact size; plain buffers are not', () => {
+    const b = pageAlignedBuffer(100_000, false)!;
+    expect(b.length).toBe(100_000);
+    expect(isPageAligned(b)).toBe(true);
+    expect(isPageAligned(b.subarray(4096))).toBe(true);
+    expect(isPageAligned(b.subarray(512))).toBe(false);
+    expect(pageAlignedBuffer(8192, true)!.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(isPageAligned(Buffer.allocUnsafeSlow(1 << 20))).toBe(false);
+  });
+
+  it('aligned and unaligned writes land where they belong, whichever handle takes them', async () => {
+    const aligned = pageAlignedBuffer(3 * 4096, false)!;
+    bytes(3 * 4096, 1).copy(aligned);
+    const plain = bytes(5000, 2);
+    const { result, content } = await withFile('a', async (file) => {
+      await file.write(aligned, 8192); // direct
+      await file.write(plain, 100); // ordinary: neither offset nor memory aligned
+      await file.write(aligned.subarray(4096, 8192), 4096 * 10); // direct, a view at a page offset
+      return file.directIo;
+    });
+    const expected = Buffer.alloc(4096 * 11);
+    aligned.copy(expected, 8192);
+    plain.copy(expected, 100);
+    aligned.subarray(4096, 8192).copy(expected, 4096 * 10);
+    expect(content.equals(expected)).toBe(true);
+    expect(result).toBe(true);
+  });
+
+  it('CoalescingWriter: an append from an unaligned start, in odd pieces across many buffers, then a hole', async () => {
+    const pieces = [13, 70_000, 1, 200_000, 4096, 123_457, 65_536, 300_000].map((n, i) => bytes(n, i + 3));
+    const { content } = await withFile('c', async (file) => {
+      const w = new CoalescingWriter(file, 65536); // small buffers: many cuts and carried tails
+      let at = 0;
+      for (const p of pieces) {
+        await w.write(at, p);
+        at += p.length;
+      }
+      await w.write(at + 10_000, bytes(777, 99)); // after a hole
+      await w.close();
+      return at;
+    });
+    const whole = Buffer.concat(pieces);
+    expect(content.subarray(0, whole.length).equals(whole)).toBe(true);
+    expect(content.subarray(whole.length, whole.length + 10_000).every((b) => b === 0)).toBe(true);
+    expect(content.subarray(whole.length + 10_000).equals(bytes(777, 99))).toBe(true);
+  });
+});
