@@ -31,9 +31,12 @@ export interface StepResult {
 /** The remote shell's -c argument is one argv string: Linux caps it at 128 KiB (MAX_ARG_STRLEN). */
 const MAX_SCRIPT = 100_000;
 
-/** A command that writes `content` to `path` atomically (temporary file, then rename), with `mode`. */
-export function writeFileStep(path: string, content: string, mode = '0600'): Step {
-  return { argv: ['sh', '-c', 'umask 077 && printf %s "$3" > "$1.tmp" && chmod "$2" "$1.tmp" && mv -f "$1.tmp" "$1"', 'sh', path, mode, content] };
+/**
+ * A command that writes `content` to `path` atomically (temporary file, then rename), with
+ * `mode` (0600 or 0644: set through the umask, which saves a chmod process per file).
+ */
+export function writeFileStep(path: string, content: string, mode: '0600' | '0644' = '0600'): Step {
+  return { argv: ['sh', '-c', 'umask "$2" && printf %s "$3" > "$1.tmp" && mv -f "$1.tmp" "$1"', 'sh', path, mode === '0644' ? '022' : '077', content] };
 }
 
 /** The script; exported for unit tests. */
@@ -52,6 +55,41 @@ export function batchScript(steps: readonly Step[], boundary: string, parallel: 
     });
   }
   return lines.join('\n');
+}
+
+/**
+ * The script of a sequence for the persistent shell: each step writes straight to the shell's
+ * stdout and stderr between markers (shell builtins only: no temporary files, no `cat`
+ * processes); exported for unit tests.
+ */
+export function inlineBatchScript(steps: readonly Step[], boundary: string): string {
+  const lines: string[] = [];
+  steps.forEach((s, i) => {
+    lines.push(`printf '${boundary} ${i} s\\n'; printf '${boundary} ${i} s\\n' >&2`);
+    lines.push(`${shellJoin(s.argv)} </dev/null; c=$?`);
+    lines.push(`printf '\\n${boundary} ${i} c %s\\n' "$c"; printf '\\n${boundary} ${i} e\\n' >&2`);
+    if (!s.mayFail) lines.push('[ "$c" -eq 0 ] || exit 0');
+  });
+  return lines.join('\n');
+}
+
+/** The results of an inlineBatchScript from the shell's stdout and stderr (exported for unit tests). */
+export function parseInlineBatch(out: string, err: string, boundary: string, count: number): StepResult[] {
+  const results: StepResult[] = [];
+  for (let i = 0; i < count; i++) {
+    const start = `${boundary} ${i} s\n`;
+    const so = out.indexOf(start);
+    if (so < 0) {
+      results.push({ code: undefined, stdout: '', stderr: '' });
+      continue;
+    }
+    const end = new RegExp(`\\n${boundary} ${i} c (\\d+)\\n`).exec(out.slice(so));
+    const se = err.indexOf(start);
+    const ee = se < 0 ? -1 : err.indexOf(`\n${boundary} ${i} e\n`, se);
+    if (!end || se < 0 || ee < 0) throw new UnavailableError('garbled output of a hypervisor command batch');
+    results.push({ code: Number(end[1]), stdout: out.slice(so + start.length, so + end.index), stderr: err.slice(se + start.length, ee) });
+  }
+  return results;
 }
 
 /** Splits the framed output into results: per step "\nB i code\n<stdout>\nB e\n<stderr>" (exported for unit tests). */
@@ -79,9 +117,16 @@ export function parseBatch(out: string, boundary: string, count: number): StepRe
 export async function runBatch(hv: Hypervisor, steps: readonly Step[], opts: { parallel?: boolean; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<StepResult[]> {
   if (steps.length === 0) return [];
   const boundary = newBoundary();
-  const script = batchScript(steps, boundary, opts.parallel ?? false);
   const execOpts = { timeoutMs: opts.timeoutMs ?? 300_000, ...(opts.signal !== undefined ? { signal: opts.signal } : {}) };
-  let r = await hv.shellScript(script, execOpts);
+  if (!opts.parallel) {
+    const r = await hv.shellScript(inlineBatchScript(steps, boundary), execOpts);
+    if (r) {
+      if (r.code !== 0) throw new UnavailableError(`a command batch on ${hv.name} failed${r.code === undefined ? ' (no exit status)' : ` with exit status ${r.code}`}: ${r.stderr.trim().slice(-500)}`);
+      return parseInlineBatch(r.stdout, r.stderr, boundary, steps.length);
+    }
+  }
+  const script = batchScript(steps, boundary, opts.parallel ?? false);
+  let r = opts.parallel ? await hv.shellScript(script, execOpts) : undefined;
   if (!r && script.length > MAX_SCRIPT) {
     const out: StepResult[] = steps.map(() => ({ code: undefined, stdout: '', stderr: '' }));
     for (const [i, s] of steps.entries()) {

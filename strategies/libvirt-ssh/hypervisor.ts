@@ -285,7 +285,8 @@ export class Hypervisor {
   }
 
   makeRunDirArgv(dir: string): string[] {
-    return ['sh', '-c', 'mkdir -p -m 0755 "$(dirname "$1")" && mkdir -m 0700 "$1" && chown "$2" "$1"', 'sh', dir, this.vmUser];
+    // ${1%/*}: the parent without a dirname process (the run dir is an absolute path under workDir).
+    return ['sh', '-c', 'mkdir -p -m 0755 "${1%/*}" && mkdir -m 0700 "$1" && chown "$2" "$1"', 'sh', dir, this.vmUser];
   }
 
   /** Whether a program exists on the hypervisor. */
