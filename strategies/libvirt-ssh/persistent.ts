@@ -10,11 +10,11 @@
  *   virsh (`virsh -q -c URI`, stdin not a tty): it echoes every input line after its prompt on
  *     stdout, runs each line like the `virsh 'a ; b'` command string (POSIX quoting: shellQuote),
  *     goes on after errors and prints them as `error: …` on stderr. Each command is one line
- *       echo --split B,,sI ; COMMAND ; echo --split B,,eI ; echo --err B-I
+ *       echo --err B-sI ; echo --split B,,sI ; COMMAND ; echo --split B,,eI ; echo --err B-eI
  *     `echo --split B,,sI` prints `B,sI` — never equal to the echoed input line, which holds
  *     `B,,sI` — so the command's stdout is what lies between `B,sI\n` and `B,eI\n`, and its stderr
- *     what lies between the previous `error: B-…` line and `error: B-I`. A command failed when
- *     its stderr holds an `error:` line. A final line of markers ends the request: a line virsh
+ *     what lies between `error: B-sI` and `error: B-eI`. A command failed when its stderr holds
+ *     an `error:` line. A final line of markers ends the request: a line virsh
  *     could not parse (nothing of it ran) loses only its own markers, it cannot hang the reply.
  *     virsh flushes stdout after each command (measured: replies arrive while stdin stays open).
  *   shell (`sh -s`): each script runs in a subshell `( … ) </dev/null`, so `exit` in it ends only
@@ -158,7 +158,7 @@ export function virshCanCarry(commands: readonly string[][]): boolean {
 
 /** The input lines of one virsh request (exported for unit tests). */
 export function virshRequest(commands: readonly string[][], boundary: string): string {
-  const lines = commands.map((c, i) => `echo --split ${boundary},,s${i} ; ${c.map(shellQuote).join(' ')} ; echo --split ${boundary},,e${i} ; echo --err ${boundary}-${i}`);
+  const lines = commands.map((c, i) => `echo --err ${boundary}-s${i} ; echo --split ${boundary},,s${i} ; ${c.map(shellQuote).join(' ')} ; echo --split ${boundary},,e${i} ; echo --err ${boundary}-e${i}`);
   lines.push(`echo --split ${boundary},,done ; echo --err ${boundary}-done`);
   return `${lines.join('\n')}\n`;
 }
@@ -169,31 +169,33 @@ export function virshReplyComplete(out: string, err: string, boundary: string): 
 
 /**
  * Splits a virsh reply into one result per command (exported for unit tests): code 0, 1 (an
- * `error:` line in its stderr) or undefined (virsh did not run its line: its markers are absent,
- * its stderr says why).
+ * `error:` line between its own stderr markers) or undefined (virsh did not run its line — an
+ * unknown command or option — so its markers are absent; its stderr is what virsh said between
+ * the commands around it).
  */
 export function parseVirshReply(out: string, err: string, boundary: string, count: number): StepResult[] {
-  const errMarks = Array.from({ length: count + 1 }, (_, i) => {
-    const mark = `error: ${boundary}-${i === count ? 'done' : i}\n`;
-    const at = err.indexOf(mark);
+  const find = (mark: string, from: number) => {
+    const at = err.indexOf(mark, from);
     return at < 0 ? undefined : { at, end: at + mark.length };
-  });
+  };
   const results: StepResult[] = [];
   let cursor = 0;
   for (let i = 0; i < count; i++) {
-    // stderr: from the end of the previous marker found to this command's own (or, when its line
-    // did not run, to the next marker found, so that the complaint is its own).
-    const own = errMarks[i];
-    const next = own ?? errMarks.slice(i + 1).find((m) => m !== undefined)!;
-    const stderr = err.slice(cursor, next.at);
-    cursor = own ? own.end : next.at;
+    const begin = find(`error: ${boundary}-s${i}\n`, cursor);
+    const end = begin && find(`error: ${boundary}-e${i}\n`, begin.end);
     const startMark = `${boundary},s${i}\n`;
     const s = out.indexOf(startMark);
     const e = s < 0 ? -1 : out.indexOf(`${boundary},e${i}\n`, s + startMark.length);
-    if (s < 0 || e < 0 || !own) {
-      results.push({ code: undefined, stdout: '', stderr: stderr || `virsh did not run the command` });
+    if (!begin || !end || s < 0 || e < 0) {
+      // Not run: what virsh said up to the next command that ran (or the end of the request).
+      let next: number | undefined;
+      for (let j = i + 1; j < count && next === undefined; j++) next = find(`error: ${boundary}-s${j}\n`, cursor)?.at;
+      const said = err.slice(cursor, next ?? find(`error: ${boundary}-done\n`, cursor)?.at ?? err.length);
+      results.push({ code: undefined, stdout: '', stderr: said || 'virsh did not run the command' });
       continue;
     }
+    const stderr = err.slice(begin.end, end.at);
+    cursor = end.end;
     results.push({ code: /^error:/m.test(stderr) ? 1 : 0, stdout: out.slice(s + startMark.length, e), stderr });
   }
   return results;
