@@ -12,6 +12,7 @@ import { DataCorruptError, DestinationError, throwIfAborted, UsageError } from '
 import { digestAt, parseBlockMap, zeroDigest } from './block-map.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { readAt } from './coalescing-writer.js';
+import { DirectReader } from './direct-io.js';
 import { MAX_RECORD_BYTES } from './disk-writers.js';
 import { DiffIndex, loadDiffIndex } from './diff-index.js';
 import type { Extent } from './extents.js';
@@ -34,6 +35,8 @@ interface BaseLayer {
   point: PointInfo;
   path: string;
   fh: FileHandle;
+  /** The same file read around the page cache (direct-io.ts), for whole blocks. */
+  direct: DirectReader;
   size: number;
   blockSize: number;
   /** Concatenated digests; undefined means "do not check" (never for a normal read). */
@@ -233,7 +236,7 @@ export class DiskReader {
     } else {
       await walk.abandonAhead();
       const buffer = walk.takeBlockBuffer(layer.blockSize);
-      held = { layer: layerNo, n: block, buffer, data: await readAt(layer.fh, start, length, buffer) };
+      held = { layer: layerNo, n: block, buffer, data: await readBlock(layer, start, length, buffer) };
     }
     // The consumer asked for this extent, so it is done with the previous block's.
     walk.give(walk.block?.buffer);
@@ -269,7 +272,7 @@ export class DiskReader {
     const length = Math.min(layer.blockSize, layer.size - start);
     // Read, then hash on the worker (shared buffers only): both while this thread hands out
     // the current block. A short read is hashed too; the length check rejects it anyway.
-    const ready = readAt(layer.fh, start, length, buffer).then(async (data) => (buffer && layer.map ? { data, digest: await sha256Off(data) } : { data }));
+    const ready = readBlock(layer, start, length, buffer).then(async (data) => (buffer && layer.map ? { data, digest: await sha256Off(data) } : { data }));
     ready.catch(() => {}); // observed when used or abandoned; never an unhandled rejection
     return { layer: layerNo, n: block, buffer, ready };
   }
@@ -288,8 +291,19 @@ export class DiskReader {
   }
 
   async close(): Promise<void> {
-    for (const l of this.layers) if (l.kind !== 'none') await l.fh.close().catch(() => {});
+    for (const l of this.layers) if (l.kind !== 'none') await closeLayer(l);
   }
+}
+
+/** Closes a layer's file handles (errors ignored: nothing was written through them). */
+export async function closeLayer(layer: BaseLayer | DiffLayer): Promise<void> {
+  await layer.fh.close().catch(() => {});
+  if (layer.kind === 'raw') await layer.direct.close().catch(() => {});
+}
+
+/** `length` bytes of a full image at block start `start`, into `buffer` when given. */
+async function readBlock(layer: BaseLayer, start: number, length: number, buffer: Buffer | undefined): Promise<Buffer> {
+  return (buffer && (await layer.direct.readAligned(start, length, buffer))) ?? readAt(layer.fh, start, length, buffer);
 }
 
 /**
@@ -365,7 +379,7 @@ export async function openBaseLayer(point: PointInfo, disk: DiskEntry, opts: { c
       }
       map = parseBlockMap(text, disk.size, point.manifest.blockSize, mapPath);
     }
-    return { kind: 'raw', point, path, fh, size: disk.size, blockSize: point.manifest.blockSize, map };
+    return { kind: 'raw', point, path, fh, direct: await DirectReader.open(path), size: disk.size, blockSize: point.manifest.blockSize, map };
   } catch (err) {
     await fh.close();
     throw err;
@@ -417,7 +431,7 @@ export async function openDiskReader(repo: Repository, point: PointInfo, key: st
       size = disk.size;
     }
   } catch (err) {
-    for (const l of layers) if (l.kind !== 'none') await l.fh.close().catch(() => {});
+    for (const l of layers) if (l.kind !== 'none') await closeLayer(l);
     throw err;
   }
   return new DiskReader(point, key, size, layers, segments);

@@ -62,6 +62,48 @@ export class DataFile {
   }
 }
 
+/**
+ * Reads for the restore side: the data was written around the page cache, and reading it back
+ * through the cache costs the same page-cache work as writing it did. `readAligned` reads
+ * `length` bytes at a page-aligned `position` into page-aligned `into` (which must hold the
+ * length rounded up to a page) with O_DIRECT, or returns undefined when it cannot (the caller
+ * reads the ordinary way). Fewer bytes come back only at the end of the file.
+ */
+export class DirectReader {
+  private constructor(private handle: FileHandle | undefined) {}
+
+  static async open(path: string): Promise<DirectReader> {
+    const handle = constants.O_DIRECT ? await open(path, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined) : undefined;
+    return new DirectReader(handle);
+  }
+
+  async readAligned(position: number, length: number, into: Buffer): Promise<Buffer | undefined> {
+    const handle = this.handle;
+    const whole = Math.ceil(length / PAGE_BYTES) * PAGE_BYTES;
+    if (!handle || position % PAGE_BYTES !== 0 || into.length < whole || !isPageAligned(into)) return undefined;
+    let done = 0;
+    try {
+      while (done < whole) {
+        const { bytesRead } = await handle.read(into, done, whole - done, position + done);
+        done += bytesRead;
+        // End of file, or a short read that left the position unaligned (only at the end).
+        if (bytesRead === 0 || done % PAGE_BYTES !== 0) break;
+      }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+      await this.close(); // the device wants more alignment: the ordinary way from now on
+      return undefined;
+    }
+    return into.subarray(0, Math.min(done, length));
+  }
+
+  async close(): Promise<void> {
+    const handle = this.handle;
+    this.handle = undefined;
+    await handle?.close();
+  }
+}
+
 export async function writeAll(fh: FileHandle, data: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < data.length) {

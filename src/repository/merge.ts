@@ -9,7 +9,7 @@ import { open, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:
 import { join } from 'node:path';
 import { DataCorruptError, throwIfAborted, UsageError } from '../errors.js';
 import { blockCount, digestAt, parseBlockMap, zeroDigest } from './block-map.js';
-import { openBaseLayer, openDiffLayer, readRecord } from './chain-reader.js';
+import { closeLayer, openBaseLayer, openDiffLayer, readRecord } from './chain-reader.js';
 import { readAt } from './coalescing-writer.js';
 import { writeAll } from './direct-io.js';
 import { MAX_RECORD_BYTES, type StepHook } from './disk-writers.js';
@@ -139,7 +139,7 @@ async function checkInputs(base: PointInfo, diffs: PointInfo[], opts: MergeOptio
         if (!ok) throw new DataCorruptError(`${layer.path}: block ${b} does not match the block map; not merging`, { data: { file: layer.path, point: base.pointId } });
       }
     } finally {
-      await layer.fh.close();
+      await closeLayer(layer);
     }
   }
 }

@@ -1,9 +1,9 @@
-import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CoalescingWriter } from '../../../src/repository/coalescing-writer.js';
-import { DataFile } from '../../../src/repository/direct-io.js';
+import { DataFile, DirectReader } from '../../../src/repository/direct-io.js';
 import { isPageAligned, pageAlignedBuffer } from '../../../src/util/buffer-pool.js';
 
 let dir: string;
@@ -79,5 +79,25 @@ describe('page-aligned buffers and DataFile', () => {
     expect(content.subarray(0, whole.length).equals(whole)).toBe(true);
     expect(content.subarray(whole.length, whole.length + 10_000).every((b) => b === 0)).toBe(true);
     expect(content.subarray(whole.length + 10_000).equals(bytes(777, 99))).toBe(true);
+  });
+
+  it('DirectReader: whole pages, the short tail of a file, and what it declines', async () => {
+    const path = join(dir, 'r');
+    const content = bytes(3 * 4096 + 1000, 42);
+    await writeFile(path, content);
+    const reader = await DirectReader.open(path);
+    try {
+      const into = pageAlignedBuffer(4 * 4096, false)!;
+      expect((await reader.readAligned(4096, 8192, into))!.equals(content.subarray(4096, 3 * 4096))).toBe(true);
+      // The last block: asked for its exact length, the file ends inside the page.
+      expect((await reader.readAligned(2 * 4096, 4096 + 1000, into))!.equals(content.subarray(2 * 4096))).toBe(true);
+      // Asked for more than is there: what is there.
+      expect((await reader.readAligned(3 * 4096, 4096, into))!.equals(content.subarray(3 * 4096))).toBe(true);
+      expect(await reader.readAligned(100, 4096, into)).toBeUndefined(); // unaligned position
+      expect(await reader.readAligned(0, 4096, Buffer.alloc(8192))).toBeUndefined(); // unaligned memory
+      expect(await reader.readAligned(0, 4 * 4096 + 1, into)).toBeUndefined(); // does not fit
+    } finally {
+      await reader.close();
+    }
   });
 });
