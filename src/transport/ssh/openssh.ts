@@ -91,8 +91,77 @@ function hostKeyAlgorithms(type: string): string {
 }
 
 const HOST_ALIAS = 'vprotect-pinned-host';
+
 const READY = 'vprotect-forward-ready';
 const STDERR_KEEP = 8192;
+
+/**
+ * Writes the private known_hosts that pins exactly `hostKey` (the key ssh2 verified) under
+ * PINNED_HOST_ALIAS, mode 0600.
+ */
+export function writePinnedKnownHosts(path: string, hostKey: Buffer): void {
+  writeFileSync(path, `${HOST_ALIAS} ${keyBlobType(hostKey)} ${hostKey.toString('base64')}\n`, { mode: 0o600 });
+}
+
+/**
+ * The OpenSSH client options every vprotect ssh process uses (the forwarding here, the data
+ * stream of src/transport/stream): nothing from ~/.ssh/config, the pinned host key only, the
+ * inventory's key file only, batch mode, no agent or forwarding, aes128-gcm first. Ends before
+ * `--` and the destination (PINNED_HOST_ALIAS).
+ */
+export function hardenedSshArgs(t: OpenSshTarget, knownHostsFile: string, options: Pick<OpenSshOptions, 'startTimeoutMs' | 'keepaliveIntervalMs' | 'keepaliveCountMax'> = {}): string[] {
+  const interval = Math.max(1, Math.round((options.keepaliveIntervalMs ?? 15_000) / 1000));
+  const o = (k: string, v: string | number) => ['-o', `${k}=${v}`];
+  return [
+    '-F', 'none',
+    '-T',
+    ...o('HostName', escapeTokens(t.host)),
+    ...o('Port', t.port),
+    ...o('User', t.username),
+    ...o('HostKeyAlias', HOST_ALIAS),
+    ...o('UserKnownHostsFile', escapeTokens(knownHostsFile)),
+    ...o('GlobalKnownHostsFile', '/dev/null'),
+    ...o('StrictHostKeyChecking', 'yes'),
+    ...o('CheckHostIP', 'no'),
+    ...o('UpdateHostKeys', 'no'),
+    ...o('HostKeyAlgorithms', hostKeyAlgorithms(keyBlobType(t.hostKey))),
+    ...o('VerifyHostKeyDNS', 'no'),
+    ...o('BatchMode', 'yes'),
+    ...o('IdentityFile', escapeTokens(resolve(t.keyFile))),
+    ...o('IdentitiesOnly', 'yes'),
+    ...o('IdentityAgent', 'none'),
+    ...o('PreferredAuthentications', 'publickey'),
+    ...o('PasswordAuthentication', 'no'),
+    ...o('KbdInteractiveAuthentication', 'no'),
+    ...o('ForwardAgent', 'no'),
+    ...o('ForwardX11', 'no'),
+    ...o('ControlMaster', 'no'),
+    ...o('ControlPath', 'none'),
+    ...o('PermitLocalCommand', 'no'),
+    ...o('Compression', 'no'),
+    ...o('Ciphers', `^${t.ciphers.join(',')}`),
+    // The key exchange ssh2 (the control connection) uses, first: OpenSSH 9's default
+    // sntrup761x25519 hybrid costs 0.3–0.4 s more per start on a loaded hypervisor.
+    ...o('KexAlgorithms', '^curve25519-sha256,curve25519-sha256@libssh.org'),
+    ...o('ConnectTimeout', Math.ceil((options.startTimeoutMs ?? 20_000) / 1000)),
+    ...o('ServerAliveInterval', interval),
+    ...o('ServerAliveCountMax', options.keepaliveCountMax ?? 3),
+    // INFO, not ERROR: a channel the far side refuses ("open failed") is logged at INFO.
+    ...o('LogLevel', 'INFO'),
+  ];
+}
+
+/** The destination name every vprotect ssh process connects to (see hardenedSshArgs). */
+export const PINNED_HOST_ALIAS = HOST_ALIAS;
+
+/** The AuthError for an ssh whose stderr says it refused the pinned host key, else undefined. */
+export function hostKeyRefusal(t: Pick<OpenSshTarget, 'where' | 'hostKey'>, stderr: string): AuthError | undefined {
+  if (!/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|No \S+ host key is known/i.test(stderr)) return undefined;
+  return new AuthError(
+    `${t.where}: OpenSSH refused the host key of the data channel: the host did not present the key pinned for it (${sha256Fingerprint(t.hostKey)}, ${keyBlobType(t.hostKey)})`,
+    { hint: 'the host key changed between the control and the data connection, or someone is intercepting the data connection; check the host key out of band', data: { reason: 'host-key-mismatch' } },
+  );
+}
 
 /** One running ssh process and what belongs to it. */
 interface Launch {
@@ -186,49 +255,10 @@ export class OpenSshForward {
       throw new OpenSshSetupError(`the temporary directory ${tmpdir()} is too long a path for a unix socket, or has a space or colon (${local})`, { hint: 'set TMPDIR to a short path such as /tmp' });
     }
     const knownHosts = join(dir, 'known_hosts');
-    const keyType = keyBlobType(t.hostKey);
-    writeFileSync(knownHosts, `${HOST_ALIAS} ${keyType} ${t.hostKey.toString('base64')}\n`, { mode: 0o600 });
-    const interval = Math.max(1, Math.round((this.options.keepaliveIntervalMs ?? 15_000) / 1000));
-    const o = (k: string, v: string | number) => ['-o', `${k}=${v}`];
+    writePinnedKnownHosts(knownHosts, t.hostKey);
     const argv = [
-      '-F', 'none',
-      '-T',
-      ...o('HostName', escapeTokens(t.host)),
-      ...o('Port', t.port),
-      ...o('User', t.username),
-      ...o('HostKeyAlias', HOST_ALIAS),
-      ...o('UserKnownHostsFile', escapeTokens(knownHosts)),
-      ...o('GlobalKnownHostsFile', '/dev/null'),
-      ...o('StrictHostKeyChecking', 'yes'),
-      ...o('CheckHostIP', 'no'),
-      ...o('UpdateHostKeys', 'no'),
-      ...o('HostKeyAlgorithms', hostKeyAlgorithms(keyType)),
-      ...o('VerifyHostKeyDNS', 'no'),
-      ...o('BatchMode', 'yes'),
-      ...o('IdentityFile', escapeTokens(resolve(t.keyFile))),
-      ...o('IdentitiesOnly', 'yes'),
-      ...o('IdentityAgent', 'none'),
-      ...o('PreferredAuthentications', 'publickey'),
-      ...o('PasswordAuthentication', 'no'),
-      ...o('KbdInteractiveAuthentication', 'no'),
-      ...o('ForwardAgent', 'no'),
-      ...o('ForwardX11', 'no'),
-      ...o('ControlMaster', 'no'),
-      ...o('ControlPath', 'none'),
-      ...o('PermitLocalCommand', 'no'),
-      ...o('Compression', 'no'),
-      ...o('Ciphers', `^${t.ciphers.join(',')}`),
-      // The key exchange ssh2 (the control connection) uses, first: OpenSSH 9's default
-      // sntrup761x25519 hybrid costs 0.3–0.4 s more per start on a loaded hypervisor.
-      ...o('KexAlgorithms', '^curve25519-sha256,curve25519-sha256@libssh.org'),
-      ...o('ConnectTimeout', Math.ceil((this.options.startTimeoutMs ?? 20_000) / 1000)),
-      ...o('ServerAliveInterval', interval),
-      ...o('ServerAliveCountMax', this.options.keepaliveCountMax ?? 3),
-      ...o('ExitOnForwardFailure', 'yes'),
-      ...o('StreamLocalBindMask', '0177'),
-      ...o('StreamLocalBindUnlink', 'yes'),
-      // INFO, not ERROR: a channel the far side refuses ("open failed") is logged at INFO.
-      ...o('LogLevel', 'INFO'),
+      ...hardenedSshArgs(t, knownHosts, this.options),
+      ...['-o', 'ExitOnForwardFailure=yes', '-o', 'StreamLocalBindMask=0177', '-o', 'StreamLocalBindUnlink=yes'],
       '-L', `${local}:${this.remotePath}`,
       '--', HOST_ALIAS,
       // Listeners are bound before the session opens, so this line means the socket is there.
@@ -322,12 +352,8 @@ export class OpenSshForward {
   private exitError(launch: Launch, code: number | null, sig: string | null): Error {
     const tail = launch.stderrTail;
     const why = lastLines(tail);
-    if (/Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED|No \S+ host key is known/i.test(tail)) {
-      return new AuthError(
-        `${this.target.where}: OpenSSH refused the host key of the data channel: the host did not present the key pinned for it (${sha256Fingerprint(this.target.hostKey)}, ${keyBlobType(this.target.hostKey)})`,
-        { hint: 'the host key changed between the control and the data connection, or someone is intercepting the data connection; check the host key out of band', data: { reason: 'host-key-mismatch' } },
-      );
-    }
+    const refused = hostKeyRefusal(this.target, tail);
+    if (refused) return refused;
     const status = sig ? `was killed by ${sig}` : `exited with status ${code}`;
     return new OpenSshSetupError(`${this.description}: ssh ${status} before the forwarding was ready${why ? `: ${why}` : ''}`);
   }
