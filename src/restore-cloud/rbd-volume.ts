@@ -2,9 +2,11 @@
  * Writing a point's disk into a new Cinder volume whose backend is Ceph RBD: the volume's data
  * is the image `volume-<id>` (Cinder's default volume_name_template) in a pool of one of the
  * inventory's cephClusters; vprotect finds which by asking rbd, then writes the chain into it
- * with the ceph-rbd strategy's restore (overwriting the new, empty image explicitly). A volume
- * that no cluster holds is on another backend (LVM, NFS, iSCSI arrays): those can only be
- * written by attaching them to a machine, which is the cinder-attach strategy's job.
+ * with the ceph-rbd strategy's restore. One cluster handle serves both steps, and the write is
+ * the data alone: the image is new and blank (zero records would only cost time), and it keeps
+ * the volume's size. A volume that no cluster holds is on another backend (LVM, NFS, iSCSI
+ * arrays): those can only be written by attaching them to a machine, which is the
+ * cinder-attach strategy's job.
  */
 import { errorMessage, UsageError } from '../errors.js';
 import type { CephClusterConfig, Inventory } from '../inventory/types.js';
@@ -13,14 +15,25 @@ import type { Volume } from '../openstack/cinder.js';
 import type { DiskRecord } from '../openstack/vm.js';
 import type { PointInfo, Repository } from '../repository/repository.js';
 
+type CephRbd = typeof import('../../strategies/ceph-rbd/index.js');
+type Rbd = import('../../strategies/ceph-rbd/index.js').Rbd;
+type RbdImageInfo = import('../../strategies/ceph-rbd/rbd-json.js').RbdImageInfo;
+
+/**
+ * Where a volume's image is, with the open handle of its cluster (the one locateVolumeImage
+ * found it with) and its `rbd info`. writeVolumeImage closes the handle; a caller that does not
+ * write calls close().
+ */
 export interface RbdLocation {
   clusterName: string;
   cluster: CephClusterConfig;
   pool: string;
   image: string;
+  rbd: Rbd;
+  info: RbdImageInfo;
+  close(): Promise<void>;
 }
 
-type CephRbd = typeof import('../../strategies/ceph-rbd/index.js');
 /** Loaded on first use: a restore without volumes does not need the ceph-rbd strategy. */
 const cephRbd = (): Promise<CephRbd> => import('../../strategies/ceph-rbd/index.js');
 
@@ -49,18 +62,24 @@ export async function locateVolumeImage(
   for (const [clusterName, cluster] of candidateClusters(inventory, cloud)) {
     const pools = [...new Set([originalPool, ...(cluster.pools ?? []), 'volumes'].filter((p): p is string => p !== undefined))];
     const rbd = await Rbd.open(localExec(), clusterName, cluster);
+    let found: RbdLocation | undefined;
     try {
       for (const pool of pools) {
         searched.push(`${clusterName}:${pool}`);
         try {
-          if (await rbd.infoIfExists(pool, image, signal)) return { location: { clusterName, cluster, pool, image }, searched };
+          const info = await rbd.infoIfExists(pool, image, signal);
+          if (info) {
+            found = { clusterName, cluster, pool, image, rbd, info, close: () => rbd.dispose() };
+            return { location: found, searched };
+          }
         } catch (err) {
           // A pool this user cannot read (or that does not exist) is not where the volume is.
           searched[searched.length - 1] += ` (${errorMessage(err).split('\n')[0]})`;
         }
       }
     } finally {
-      await rbd.dispose();
+      // The handle goes with the location it found; any other is closed here.
+      if (!found) await rbd.dispose();
     }
   }
   return { location: undefined, searched };
@@ -79,9 +98,9 @@ export function notOnRbd(volume: Volume, cloud: string, searched: string[]): Usa
 }
 
 /**
- * Writes disk `key` of `point` into the (new, empty) image at `location`, replacing its whole
- * content, then gives the image back the volume's size when the disk was smaller (a disk of a
- * size that is not whole GiB: rbd takes the disk's size from the stream).
+ * Writes disk `key` of `point` into the new, blank image at `location` with the location's
+ * cluster handle, then closes it. The image keeps the volume's size (Cinder sizes volumes in
+ * whole GiB; a smaller disk leaves a tail of zeros).
  */
 export async function writeVolumeImage(req: {
   repo: Repository;
@@ -92,27 +111,29 @@ export async function writeVolumeImage(req: {
   signal?: AbortSignal | undefined;
   events?: EventSink | undefined;
 }): Promise<{ dataBytes: number; size: number }> {
-  const { restoreToRbd, Rbd, localExec } = await cephRbd();
   const { location: loc } = req;
-  const r = await restoreToRbd({
-    repo: req.repo,
-    point: req.point,
-    disk: req.key,
-    clusterName: loc.clusterName,
-    cluster: loc.cluster,
-    pool: loc.pool,
-    image: loc.image,
-    overwrite: true,
-    ...(req.signal ? { signal: req.signal } : {}),
-    ...(req.events ? { events: req.events } : {}),
-  });
-  if (r.size < req.volumeBytes) {
-    const rbd = await Rbd.open(localExec(), loc.clusterName, loc.cluster);
-    try {
-      await rbd.resize(loc.pool, loc.image, req.volumeBytes, req.signal);
-    } finally {
-      await rbd.dispose();
+  try {
+    const { restoreToRbd } = await cephRbd();
+    const diskBytes = req.point.manifest.disks.find((d) => d.key === req.key)?.size;
+    if (diskBytes !== undefined && diskBytes > req.volumeBytes) {
+      throw new UsageError(`disk ${req.key} of point ${req.point.pointId} (${diskBytes} bytes) does not fit the new volume of ${req.volumeBytes} bytes`, { hint: 'restore into a larger volume' });
     }
+    const r = await restoreToRbd({
+      rbd: loc.rbd,
+      repo: req.repo,
+      point: req.point,
+      disk: req.key,
+      pool: loc.pool,
+      image: loc.image,
+      // Cinder has just created the volume blank: only the disk's data needs writing.
+      overwrite: true,
+      emptyImage: true,
+      info: loc.info,
+      ...(req.signal ? { signal: req.signal } : {}),
+      ...(req.events ? { events: req.events } : {}),
+    });
+    return { dataBytes: r.dataBytes, size: r.size };
+  } finally {
+    await loc.close();
   }
-  return { dataBytes: r.dataBytes, size: r.size };
 }

@@ -17,6 +17,8 @@ export interface RbdImageInfo {
    * rbd did not say, which callers must treat as "anything is possible".
    */
   opFeatures?: string[];
+  /** Set for a clone: its unwritten ranges read the parent snapshot's data, not zeros. */
+  parent?: { pool: string; image: string; snapshot: string };
 }
 
 export interface RbdSnapshot {
@@ -106,7 +108,13 @@ export function parseImageInfo(text: string, what = 'rbd info'): RbdImageInfo {
     objectSize: typeof o['object_size'] === 'number' ? int(o, 'object_size', what) : 4 << 20,
     features: Array.isArray(features) ? features.filter((f): f is string => typeof f === 'string') : [],
     ...(Array.isArray(opFeatures) && opFeatures.every((f) => typeof f === 'string') ? { opFeatures: opFeatures as string[] } : {}),
+    ...(o['parent'] !== undefined ? { parent: parentOf(o['parent'], what) } : {}),
   };
+}
+
+function parentOf(v: unknown, what: string): { pool: string; image: string; snapshot: string } {
+  const p = obj(v, what, 'parent');
+  return { pool: str(p, 'pool', what), image: str(p, 'image', what), snapshot: str(p, 'snapshot', what) };
 }
 
 export function parseSnapList(text: string, what = 'rbd snap ls'): RbdSnapshot[] {
@@ -128,8 +136,7 @@ export function parseListing(text: string, what = 'rbd ls -l'): RbdListing[] {
     const row: RbdListing = { image: str(o, 'image', what), id: typeof o['id'] === 'string' ? o['id'] : undefined, size: int(o, 'size', what) };
     if (o['snapshot'] !== undefined) row.snapshot = { name: str(o, 'snapshot', what), id: int(o, 'snapshot_id', what), protected: flag(o, 'protected', what) };
     if (o['parent'] !== undefined) {
-      const p = obj(o['parent'], what, 'parent');
-      row.parent = { pool: str(p, 'pool', what), image: str(p, 'image', what), snapshot: str(p, 'snapshot', what) };
+      row.parent = parentOf(o['parent'], what);
     }
     return row;
   });

@@ -45,16 +45,36 @@ export function imageSpec(pool: string, image: string, snap?: string): string {
   return `${checkName('pool', pool)}/${checkName('image', image)}${snap === undefined ? '' : `@${checkName('snapshot', snap)}`}`;
 }
 
-/** The cluster a strategy run uses: options.cluster, else the disk's, else the only one. */
-export function chooseCluster(inventory: Inventory, wanted: string | undefined): { name: string; config: CephClusterConfig } {
+/** How a caller of chooseCluster is named in its messages (the strategy, libvirt-ssh's RBD disks, …). */
+export interface ClusterChoiceWords {
+  /** Put before every message ("vm1: "). */
+  prefix?: string;
+  /** The option that names a cluster ("strategyOptions.cluster"). */
+  option: string;
+  /** Why a cluster is needed, for the message when the inventory has none. */
+  need: string;
+  /** The hint when the inventory has none or several. */
+  hint?: string;
+}
+
+const STRATEGY_WORDS: ClusterChoiceWords = { option: 'strategyOptions.cluster', need: 'the ceph-rbd strategy reads RBD images with rbd' };
+
+/** The cluster a run uses: the one named (options, the disk's), else the only one of the inventory. */
+export function chooseCluster(inventory: Inventory, wanted: string | undefined, words: ClusterChoiceWords = STRATEGY_WORDS): { name: string; config: CephClusterConfig } {
   const names = Object.keys(inventory.cephClusters ?? {});
+  const prefix = words.prefix ?? '';
+  const listed = names.join(', ') || 'none';
   if (wanted !== undefined) {
-    const config = inventory.cephClusters[wanted];
-    if (!config) throw new ConfigError(`ceph cluster "${wanted}" is not in the inventory's cephClusters (${names.join(', ') || 'none'})`);
+    const config = inventory.cephClusters?.[wanted];
+    if (!config) throw new ConfigError(`${prefix}ceph cluster "${wanted}" is not in the inventory's cephClusters (${listed})`, [], { hint: `name one of them with ${words.option}, or add the cluster to cephClusters` });
     return { name: wanted, config };
   }
   if (names.length === 1) return { name: names[0]!, config: inventory.cephClusters[names[0]!]! };
-  throw new ConfigError(names.length === 0 ? 'the ceph-rbd strategy needs a cephClusters entry in the inventory' : `several ceph clusters (${names.join(', ')}): name one with strategyOptions.cluster`);
+  throw new ConfigError(
+    names.length === 0 ? `${prefix}${words.need}, but the inventory has no cephClusters entry` : `${prefix}several ceph clusters in the inventory (${listed}): name one with ${words.option}`,
+    [],
+    words.hint ? { hint: words.hint } : {},
+  );
 }
 
 export class Rbd {

@@ -1,10 +1,13 @@
 /**
  * Restoring a disk of a point into an RBD image. The chain reader's checked extents are turned
- * into one rbd diff v1 stream (the repository's encoder) and fed to `rbd import-diff -`:
+ * into one rbd diff v1 stream (the repository's encoder) and fed to `rbd import-diff -`, which
+ * first resizes the image to the stream's size (its `s` record), then applies the records:
  * - a new image is created at the disk's size and receives only `w` records (an RBD image
  *   reads as zeros where nothing was written, so holes cost nothing);
- * - an existing image (only with overwrite) is resized, and every range without data gets a
- *   `z` record, so nothing of its old content survives.
+ * - an existing image (only with overwrite) takes the disk's size from the stream, and every
+ *   range without data gets a `z` record, so nothing of its old content survives;
+ * - an existing image the caller knows to be empty (a volume Cinder has just created blank)
+ *   receives only `w` records, and keeps its size when it is larger than the disk.
  * One pass, no temporary file, whatever the chain length. Stock tools can do the same from the
  * repository (`rbd import` + `snap create` + `import-diff` per point; docs/FORMAT.md §10).
  */
@@ -19,18 +22,41 @@ import type { RestoreContext, RestoreResult, RestoreTarget } from '../../src/rep
 import { localExec, type CommandExec } from './exec.js';
 import { prefetch } from './prefetch.js';
 import { imageSpec, Rbd } from './rbd.js';
+import type { RbdImageInfo } from './rbd-json.js';
 
 /** Whole stream chunks handed to rbd's stdin: large, so the pipe moves MiBs per write. */
 const BATCH_BYTES = 4 << 20;
 
+export interface RbdRestoreOptions {
+  /** Replace the content of an image that exists already (only on the user's explicit request). */
+  overwrite?: boolean;
+  /**
+   * The existing image reads as zeros everywhere because the caller has just created it blank
+   * (a new Cinder volume): no `z` records are sent, and an image larger than the disk keeps its
+   * size (its tail reads as zeros) instead of being shrunk to the disk and grown back. A clone is
+   * never taken as empty: it reads its parent's data.
+   */
+  emptyImage?: boolean;
+  /** `rbd info` of the image, when the caller has just asked for it (saves one rbd start). */
+  info?: RbdImageInfo;
+}
+
 export class RbdRestoreTarget implements RestoreTarget {
+  private readonly opts: RbdRestoreOptions;
+
+  /** `options`: the overwrite flag alone (`vprotect restore --to-rbd … --overwrite`), or all options. */
   constructor(
     private readonly rbd: Rbd,
     readonly pool: string,
     readonly image: string,
-    readonly overwrite = false,
+    options: boolean | RbdRestoreOptions = false,
   ) {
     imageSpec(pool, image);
+    this.opts = typeof options === 'boolean' ? { overwrite: options } : options;
+  }
+
+  get overwrite(): boolean {
+    return this.opts.overwrite === true;
   }
 
   describe(): string {
@@ -40,21 +66,19 @@ export class RbdRestoreTarget implements RestoreTarget {
   async restore(reader: DiskReader, ctx: RestoreContext): Promise<RestoreResult> {
     const { pool, image } = this;
     const spec = imageSpec(pool, image);
-    const existing = await this.rbd.infoIfExists(pool, image, ctx.signal);
+    const existing = this.opts.info ?? (await this.rbd.infoIfExists(pool, image, ctx.signal));
     if (existing && !this.overwrite) {
       throw new UsageError(`rbd image ${spec} exists already`, { hint: 'restore to a new image name, or pass --overwrite to replace its content' });
     }
-    if (existing) {
-      // Resize first: import-diff's own resize would come after writes past the old end.
-      if (existing.size !== reader.size) await this.rbd.resize(pool, image, reader.size, ctx.signal);
-    } else {
-      await this.rbd.create(pool, image, reader.size, ctx.signal);
-    }
+    if (!existing) await this.rbd.create(pool, image, reader.size, ctx.signal);
+    const empty = existing !== undefined && this.opts.emptyImage === true && !existing.parent;
+    // import-diff resizes the image to this before the first record (no separate rbd resize).
+    const size = empty ? Math.max(existing.size, reader.size) : reader.size;
     const stats = { dataBytes: 0 };
     try {
       await this.rbd.run(['import-diff', '--no-progress', '-', spec], {
         // Produced ahead of rbd (reading + checking the chain runs while rbd writes).
-        input: prefetch(diffStream(reader, { zeros: Boolean(existing), stats, ...(ctx.signal ? { signal: ctx.signal } : {}), ...(ctx.events ? { events: ctx.events } : {}) }), 32 << 20),
+        input: prefetch(diffStream(reader, { size, zeros: existing !== undefined && !empty, stats, ...(ctx.signal ? { signal: ctx.signal } : {}), ...(ctx.events ? { events: ctx.events } : {}) }), 32 << 20),
         // Hours for a large disk: no overall timeout (the pipe's backpressure keeps it bounded).
         timeoutMs: 0,
         ...(ctx.signal ? { signal: ctx.signal } : {}),
@@ -71,12 +95,15 @@ export class RbdRestoreTarget implements RestoreTarget {
       throw err;
     }
     ctx.events?.({ type: 'progress-end', id: `restore:${reader.key}` });
-    return { target: spec, size: reader.size, dataBytes: stats.dataBytes };
+    return { target: spec, size, dataBytes: stats.dataBytes };
   }
 }
 
-/** The disk as an rbd diff v1 stream: `w` for data, `z` for the rest when `zeros` is set. */
-export async function* diffStream(reader: DiskReader, opts: { zeros: boolean; stats: { dataBytes: number }; signal?: AbortSignal; events?: EventSink }): AsyncGenerator<Buffer> {
+/**
+ * The disk as an rbd diff v1 stream of an image of `size` bytes (default: the disk's): `w` for
+ * data, `z` for the rest of the disk when `zeros` is set.
+ */
+export async function* diffStream(reader: DiskReader, opts: { size?: number; zeros: boolean; stats: { dataBytes: number }; signal?: AbortSignal; events?: EventSink }): AsyncGenerator<Buffer> {
   let batch: Buffer[] = [];
   let batchBytes = 0;
   const push = (b: Buffer) => {
@@ -89,7 +116,8 @@ export async function* diffStream(reader: DiskReader, opts: { zeros: boolean; st
     batchBytes = 0;
     return out;
   };
-  push(encodePreamble({ size: reader.size }));
+  if (opts.size !== undefined && opts.size < reader.size) throw new UsageError(`an image of ${opts.size} bytes cannot hold disk ${reader.key} of ${reader.size} bytes`);
+  push(encodePreamble({ size: opts.size ?? reader.size }));
   let zeroRun: { offset: number; length: number } | undefined;
   const flushZero = () => {
     if (zeroRun && opts.zeros) push(encodeZero(zeroRun.offset, zeroRun.length));
@@ -122,34 +150,48 @@ export async function* diffStream(reader: DiskReader, opts: { zeros: boolean; st
   yield take();
 }
 
-export interface RestoreToRbdRequest {
-  repo: Repository;
-  point: PointInfo;
-  disk: string;
-  /** The inventory's name for the cluster, and its entry. */
-  clusterName: string;
-  cluster: CephClusterConfig;
-  pool: string;
-  image: string;
-  overwrite?: boolean;
-  /** Where rbd runs (default: this machine). */
-  exec?: CommandExec;
-  signal?: AbortSignal;
-  events?: EventSink;
-}
+/** Where the restore's rbd commands go: an open cluster handle, or the inventory entry to open one. */
+export type RbdClusterRef =
+  | { rbd: Rbd }
+  | {
+      /** The inventory's name for the cluster, and its entry. */
+      clusterName: string;
+      cluster: CephClusterConfig;
+      /** Where rbd runs (default: this machine). */
+      exec?: CommandExec;
+    };
 
-/** Restores disk `disk` of `point` into `pool/image` (new, or existing with overwrite). */
+export type RestoreToRbdRequest = RbdClusterRef &
+  RbdRestoreOptions & {
+    repo: Repository;
+    point: PointInfo;
+    disk: string;
+    pool: string;
+    image: string;
+    signal?: AbortSignal;
+    events?: EventSink;
+  };
+
+/**
+ * Restores disk `disk` of `point` into `pool/image` (new, or existing with overwrite). A given
+ * cluster handle is used as is and left open; otherwise one is opened for this restore.
+ */
 export async function restoreToRbd(req: RestoreToRbdRequest): Promise<RestoreResult> {
-  const exec = req.exec ?? localExec();
-  const rbd = await Rbd.open(exec, req.clusterName, req.cluster, { remote: exec.where !== 'the backup node' });
+  let opened: Rbd | undefined;
+  if (!('rbd' in req)) {
+    const exec = req.exec ?? localExec();
+    opened = await Rbd.open(exec, req.clusterName, req.cluster, { remote: exec.where !== 'the backup node' });
+  }
+  const rbd = 'rbd' in req ? req.rbd : opened!;
   try {
     const reader = await openDiskReader(req.repo, req.point, req.disk);
     try {
-      return await new RbdRestoreTarget(rbd, req.pool, req.image, req.overwrite ?? false).restore(reader, { ...(req.signal ? { signal: req.signal } : {}), ...(req.events ? { events: req.events } : {}) });
+      const options: RbdRestoreOptions = { overwrite: req.overwrite ?? false, ...(req.emptyImage ? { emptyImage: true } : {}), ...(req.info ? { info: req.info } : {}) };
+      return await new RbdRestoreTarget(rbd, req.pool, req.image, options).restore(reader, { ...(req.signal ? { signal: req.signal } : {}), ...(req.events ? { events: req.events } : {}) });
     } finally {
       await reader.close();
     }
   } finally {
-    await rbd.dispose();
+    await opened?.dispose();
   }
 }

@@ -13,7 +13,7 @@
 import { ConfigError } from '../../src/errors.js';
 import type { CephClusterConfig, Inventory, PolicyConfig } from '../../src/inventory/types.js';
 import type { BackupSession, BackupTarget, StrategyContext, TargetDisk } from '../../src/strategy/contract.js';
-import { openCephRbdSession, sshExec } from '../ceph-rbd/index.js';
+import { chooseCluster, openCephRbdSession, sshExec } from '../ceph-rbd/index.js';
 import type { DomainDisk } from './domain-xml.js';
 import type { Hypervisor } from './hypervisor.js';
 import type { RbdOptions } from './plan.js';
@@ -33,21 +33,13 @@ function monitorAddress(h: { name: string; port?: string }): string {
 
 /** The cluster access for the domain's RBD disks: its name (for anchors) and config. */
 export function rbdCluster(disks: DomainDisk[], inventory: Inventory, opts: RbdOptions, domain: string): { name: string; config: CephClusterConfig } {
-  const names = Object.keys(inventory.cephClusters ?? {});
-  if (opts.cluster !== undefined) {
-    const config = inventory.cephClusters?.[opts.cluster];
-    if (!config) throw new ConfigError(`libvirt-ssh: strategyOptions.rbd.cluster "${opts.cluster}" is not in the inventory's cephClusters (${names.join(', ') || 'none'})`);
-    return { name: opts.cluster, config };
-  }
-  if (opts.runOn === 'backup-node') {
-    if (names.length === 1) return { name: names[0]!, config: inventory.cephClusters[names[0]!]! };
-    throw new ConfigError(
-      names.length === 0
-        ? `${domain}: its RBD disks are read with rbd on the backup node (strategyOptions.rbd.runOn), but the inventory has no cephClusters entry`
-        : `${domain}: several ceph clusters in the inventory (${names.join(', ')}): name one with strategyOptions.rbd.cluster`,
-      [],
-      { hint: 'add the cluster (monitors, user, conf, keyring) to cephClusters, or let rbd run on the hypervisor (rbd.runOn: hypervisor)' },
-    );
+  if (opts.cluster !== undefined || opts.runOn === 'backup-node') {
+    return chooseCluster(inventory, opts.cluster, {
+      prefix: `${domain}: `,
+      option: 'strategyOptions.rbd.cluster',
+      need: 'its RBD disks are read with rbd on the backup node (strategyOptions.rbd.runOn)',
+      hint: 'add the cluster (monitors, user, conf, keyring) to cephClusters, or let rbd run on the hypervisor (rbd.runOn: hypervisor)',
+    });
   }
   // On the hypervisor, as qemu reaches the images: the XML's cephx user and monitors.
   const users = new Set(disks.map((d) => d.rbd!.user ?? 'admin'));
