@@ -416,7 +416,8 @@ export class SshConnection {
   /** Best effort: the command may have ended already, the connection may be gone. */
   private killRemote(pid: number): void {
     if (this.lost) return;
-    const script = `kill -KILL -- -${pid} 2>/dev/null; kill -KILL ${pid} 2>/dev/null; true`;
+    // `kill -KILL -PID`, not `kill -KILL -- -PID`: dash (Debian's /bin/sh) refuses `--` ("Illegal number").
+    const script = `kill -KILL -${pid} 2>/dev/null; kill -KILL ${pid} 2>/dev/null; true`;
     this.client.exec(shellJoin(['sh', '-c', script]), (err, ch) => {
       if (err) return;
       ch.on('error', () => {});
