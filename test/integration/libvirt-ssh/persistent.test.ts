@@ -95,7 +95,7 @@ describe('persistent virsh and shell over SSH', () => {
       expect(messages.filter((m) => m.startsWith('persistent shell started'))).toHaveLength(2);
       // virsh too: `event --timeout 20` waits for domain events for 20 s.
       expect(await hv.domainState(domain)).toBe('running');
-      await expect(hv.virsh(['event', '--domain', domain, '--timeout', '20'], { timeoutMs: 500 })).rejects.toThrow(/did not answer within 500 ms/);
+      await expect(hv.virsh(['event', '--domain', domain, '--all', '--timeout', '20'], { timeoutMs: 500 })).rejects.toThrow(/did not answer within 500 ms/);
       expect(await hv.domainState(domain)).toBe('running');
       expect(messages.filter((m) => m.startsWith('persistent virsh started'))).toHaveLength(2);
     } finally {
