@@ -13,6 +13,14 @@ export type Mode = 'checkpoint' | 'snapshot';
 export interface LibvirtSshOptions {
   mode: 'auto' | Mode;
   transport: 'ssh' | 'netcat';
+  /**
+   * How data moves over the ssh transport (README "Data channels"): auto = the one-way stream
+   * (a python3 helper on the hypervisor) for fulls, and for incrementals once 32 MiB are asked
+   * for; stream = the stream from the first read; nbd = NBD through a forwarded socket only.
+   */
+  dataChannel: 'auto' | 'stream' | 'nbd';
+  /** Interpreter of the stream helper on the hypervisor (python3; e.g. /usr/libexec/platform-python). */
+  python: string;
   atomic: boolean;
   excludeDisks: string[];
   parallelDisks: number;
@@ -45,6 +53,10 @@ export function parseOptions(o: Record<string, unknown>): LibvirtSshOptions {
   if (typeof mode !== 'string' || !MODES.includes(mode)) bad('mode', MODES.join(' | '), mode);
   const transport = o['transport'] ?? 'ssh';
   if (transport !== 'ssh' && transport !== 'netcat') bad('transport', 'ssh | netcat', transport);
+  const dataChannel = o['dataChannel'] ?? 'auto';
+  if (dataChannel !== 'auto' && dataChannel !== 'stream' && dataChannel !== 'nbd') bad('dataChannel', 'auto | stream | nbd', dataChannel);
+  const python = o['python'] ?? 'python3';
+  if (typeof python !== 'string' || !/^[A-Za-z0-9_./+-]+$/.test(python)) bad('python', 'a command name or absolute path', python);
   const rbdIn = o['rbd'] ?? {};
   if (typeof rbdIn !== 'object' || rbdIn === null || Array.isArray(rbdIn)) bad('rbd', 'a mapping {runOn, cluster, conf, keyring}', rbdIn);
   const r = rbdIn as Record<string, unknown>;
@@ -57,6 +69,8 @@ export function parseOptions(o: Record<string, unknown>): LibvirtSshOptions {
   return {
     mode: mode as LibvirtSshOptions['mode'],
     transport: transport as LibvirtSshOptions['transport'],
+    dataChannel: dataChannel as LibvirtSshOptions['dataChannel'],
+    python: python as string,
     atomic: (o['atomic'] as boolean | undefined) ?? true,
     excludeDisks: (o['excludeDisks'] as string[] | undefined) ?? [],
     parallelDisks: (o['parallelDisks'] as number | undefined) ?? 1,

@@ -24,7 +24,8 @@ import type { BackupLevel } from '../../src/inventory/types.js';
 import type { Extent } from '../../src/repository/extents.js';
 import { unifyLevels } from '../../src/engine/backup-vm.js';
 import type { BackupSession, BackupTarget, ConsistencyReport, DiskPlan, MetadataFile, PreviousPoint, StrategyContext } from '../../src/strategy/contract.js';
-import { connectSocketChannel, DEPTH_READ_CONTEXTS, dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, newCounters, readAllocationDepth, readDirty, readFull, type NbdDialer } from '../../src/transport/nbd/index.js';
+import { connectSocketChannel, DEPTH_READ_CONTEXTS, dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, newCounters, readAllocationDepth, readDirty, readFull, type NbdDialer, type NbdSource } from '../../src/transport/nbd/index.js';
+import { DataStreams, STREAM_AFTER_BYTES, STREAM_PACING, SwitchingSource } from '../../src/transport/stream/index.js';
 import { runBatch, writeFileStep, type Step, type StepResult } from './batch.js';
 import { backupJobXml, checkpointForRedefine, checkpointXml, dumpCheckpoint, jobBitmapName, type JobDisk, type NbdServer } from './checkpoint-mode.js';
 import { borrowConnection, type BorrowedConnection } from './connections.js';
@@ -487,11 +488,34 @@ export class LibvirtSshSession implements BackupSession {
     throw new UnavailableError(`no free port in ${nc.ports} on ${this.hv.name} for the NBD data channel`);
   }
 
-  private dialer(server: NbdServer, level: DiskPlan['level']): NbdDialer {
+  private dialer(server: NbdServer, level: DiskPlan['level'], streamed: boolean): NbdDialer {
     // An incremental moves little data: the OpenSSH data channel's own start (a second SSH
     // handshake, 0.5-0.8 s here) costs more than its lower CPU per byte saves, so ssh2 carries it.
-    if (server.transport === 'unix') return this.hv.conn.nbdDialer({ path: server.socket }, { dataChannel: level === 'full' ? 'auto' : 'ssh2' });
+    // With the data stream, NBD carries block status and the first reads only: ssh2 too.
+    if (server.transport === 'unix') return this.hv.conn.nbdDialer({ path: server.socket }, { dataChannel: level === 'full' && !streamed ? 'auto' : 'ssh2' });
     return () => connectSocketChannel({ host: server.host, port: server.port });
+  }
+
+  /**
+   * The one-way data stream for this disk's reads (src/transport/stream): a full starts it at
+   * once (its SSH handshake overlaps the NBD session's), an incremental only once enough data
+   * is asked for (dataChannel auto). Undefined for netcat and dataChannel nbd.
+   */
+  private streamFor(server: NbdServer, plan: DiskPlan): { streams: () => DataStreams; started: () => DataStreams | undefined; early: boolean } | undefined {
+    if (server.transport !== 'unix' || this.options.dataChannel === 'nbd') return undefined;
+    let streams: DataStreams | undefined;
+    return {
+      started: () => streams,
+      streams: () =>
+        (streams ??= new DataStreams(this.hv.conn, {
+          socket: server.socket,
+          exportName: plan.key,
+          interpreter: this.options.python,
+          log: this.ctx.log,
+          ...(this.ctx.signal ? { signal: this.ctx.signal } : {}),
+        })),
+      early: plan.level === 'full' || this.options.dataChannel === 'stream',
+    };
   }
 
   read(plan: DiskPlan): AsyncIterable<Extent> {
@@ -506,6 +530,7 @@ export class LibvirtSshSession implements BackupSession {
     const counters = newCounters();
     const target = state.disk.target;
     let session: NbdSession | undefined;
+    let switching: SwitchingSource | undefined;
     let pidFile: string | undefined;
     try {
       let contexts: readonly string[];
@@ -525,20 +550,38 @@ export class LibvirtSshSession implements BackupSession {
         await startQemuNbd(this.hv, { file, format, exportName: target, server, pidFile, allocationDepth: depth });
         contexts = depth ? DEPTH_READ_CONTEXTS : FULL_READ_CONTEXTS;
       }
-      session = await NbdSession.open(this.dialer(server, plan.level), {
+      const stream = this.streamFor(server, plan);
+      if (stream?.early) stream.streams();
+      session = await NbdSession.open(this.dialer(server, plan.level, stream !== undefined), {
         exportName: target,
         metaContexts: contexts,
         connections: server.transport === 'tcp' ? 2 : 1,
         log: this.ctx.log,
       });
       if (session.info.size !== plan.size) throw new UnavailableError(`${this.domainName} ${target}: the NBD export is ${session.info.size} bytes, libvirt said ${plan.size}`);
+      let source: NbdSource = session;
+      if (stream) {
+        switching = new SwitchingSource(session, () => stream.streams().use(plan.size), {
+          startAfterBytes: stream.early ? 0 : STREAM_AFTER_BYTES,
+          firstBytesWhileStarting: 8 * 1024 * 1024,
+          pacing: STREAM_PACING,
+        });
+        if (stream.early) switching.start();
+        source = switching;
+      }
       // reuseBuffers: the engine's point writer is done with an extent when it asks for the next
       // (contract.ts); fresh multi-MiB buffers cost a page fault per 4 KiB on this kind of VM.
       const opts = { signal, counters, reuseBuffers: true };
-      if (plan.level === 'full') yield* readFull(session, opts);
-      else if (state.mode === 'checkpoint') yield* readDirty(session, jobBitmapName(target), opts);
-      else yield* readAllocationDepth(session, opts);
-      this.ctx.log.debug(`${this.domainName} ${target}: read`, { ...counters });
+      if (plan.level === 'full') yield* readFull(source, opts);
+      else if (state.mode === 'checkpoint') yield* readDirty(source, jobBitmapName(target), opts);
+      else yield* readAllocationDepth(source, opts);
+      if (switching) {
+        await switching.finish();
+        const fallback = stream?.started()?.fallbackReason;
+        // The report carries the disk's reason (the engine reads plan.reason after the read).
+        if (fallback) plan.reason = `${plan.reason}; read through NBD: ${fallback}`;
+      }
+      this.ctx.log.debug(`${this.domainName} ${target}: read`, { ...counters, ...(switching ? { via: switching.served } : {}) });
       if (state.mode === 'checkpoint') {
         await session.close().catch(() => session!.destroy());
         session = undefined;
@@ -546,6 +589,7 @@ export class LibvirtSshSession implements BackupSession {
         if (this.jobDisksRead.size === this.checkpointDisks.length) this.endJobEarly();
       }
     } finally {
+      if (switching) await switching.close().catch((e: unknown) => this.ctx.log.warn(`stopping the data stream of ${target}: ${errorMessage(e)}`));
       if (session) await session.close().catch(() => session!.destroy());
       if (pidFile) await stopQemuNbd(this.hv, pidFile).catch((e: unknown) => this.ctx.log.warn(`stopping qemu-nbd of ${target}: ${errorMessage(e)}`));
     }

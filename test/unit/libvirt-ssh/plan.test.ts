@@ -152,7 +152,9 @@ describe('recovery direction', () => {
     expect(pointIsFromRun(undefined, j)).toBe(false);
   });
   it('options default to auto, ssh, atomic, /var/tmp/vprotect, rbd on the hypervisor', () => {
-    expect(parseOptions({})).toEqual({ mode: 'auto', transport: 'ssh', atomic: true, excludeDisks: [], parallelDisks: 1, workDir: '/var/tmp/vprotect', rbd: { runOn: 'hypervisor' } });
+    expect(parseOptions({})).toEqual({ mode: 'auto', transport: 'ssh', dataChannel: 'auto', python: 'python3', atomic: true, excludeDisks: [], parallelDisks: 1, workDir: '/var/tmp/vprotect', rbd: { runOn: 'hypervisor' } });
+    expect(() => parseOptions({ dataChannel: 'ssh2' })).toThrow(/dataChannel must be auto \| stream \| nbd, not "ssh2"/);
+    expect(() => parseOptions({ python: 'python3; rm -rf /' })).toThrow(/python must be a command name or absolute path/);
     expect(parseOptions({ rbd: { runOn: 'backup-node', cluster: 'lab' } }).rbd).toEqual({ runOn: 'backup-node', cluster: 'lab' });
   });
   it('bad options are refused with the option, what it must be and what it was', () => {
