@@ -354,7 +354,7 @@ export async function openDiffLayer(point: PointInfo, disk: DiskEntry): Promise<
   try {
     const st = await fh.stat();
     const firstFileOffset = encodePreamble({ fromSnap: point.manifest.parentId ?? '', toSnap: point.pointId, size: disk.size }).length;
-    const index = await loadDiffIndex(join(point.dir, disk.index!), { size: disk.size, firstFileOffset, diffFileSize: st.size, what: join(point.dir, disk.index!) });
+    const index = await loadDiffIndex(join(point.dir, disk.index!), { size: disk.size, firstFileOffset, diffFileSize: st.size, what: join(point.dir, disk.index!), diffPath: path });
     return { kind: 'diff', point, path, fh, size: disk.size, index };
   } catch (err) {
     await fh.close();

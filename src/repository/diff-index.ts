@@ -72,7 +72,7 @@ class Grow {
  * follow each other exactly from `firstFileOffset`, and the diff file's length
  * (`diffFileSize` = last record's end + 1 byte for `e`).
  */
-export async function loadDiffIndex(path: string, opts: { size: number; firstFileOffset: number; diffFileSize: number; what: string }): Promise<DiffIndex> {
+export async function loadDiffIndex(path: string, opts: { size: number; firstFileOffset: number; diffFileSize: number; what: string; diffPath?: string }): Promise<DiffIndex> {
   const { what } = opts;
   const rl = createInterface({ input: createReadStream(path, { encoding: 'latin1' }), crlfDelay: Infinity });
   const offsets = new Grow();
@@ -124,7 +124,8 @@ export async function loadDiffIndex(path: string, opts: { size: number; firstFil
   }
   if (lineNo === 0) bad('empty index');
   if (nextFileOffset + 1 !== opts.diffFileSize) {
-    throw new DataCorruptError(`${what}: the diff should be ${nextFileOffset + 1} bytes long by its index, it is ${opts.diffFileSize}`, { data: { file: path } });
+    // Named as damage of the diff: the index is checked by SHA256SUMS, the diff's length only here.
+    throw new DataCorruptError(`${what}: the diff should be ${nextFileOffset + 1} bytes long by its index, it is ${opts.diffFileSize}`, { data: { file: opts.diffPath ?? path } });
   }
   return new DiffIndex(n, kinds.subarray(0, n), offsets.data.subarray(0, n), lengths.data.subarray(0, n), fileOffsets.data.subarray(0, n), digests.subarray(0, n * 32));
 }
