@@ -172,30 +172,40 @@ export async function* diffExtents(
   if (!ended) throw new DataCorruptError(`${what}: no end record`);
 }
 
-/** Kills the command when its stdout stays silent for `ms`; `fired` then says so. */
+/**
+ * Kills the command when its stdout stays silent for `ms`; `fired` then says so. One timer per
+ * stream, not one per chunk: each chunk only notes the time, and the timer, when it fires, looks
+ * at how long ago that was and sleeps again for the rest (thousands of chunks per GiB would
+ * otherwise each clear and set a timer).
+ */
 function idleWatch(proc: StreamingExec, ms: number, what: string): { source: AsyncIterable<Buffer>; fired: Error | undefined; stop(): void } {
+  let lastChunk = Date.now();
   let timer: NodeJS.Timeout | undefined;
-  const arm = () => {
-    if (timer) clearTimeout(timer);
-    timer = setTimeout(() => {
-      state.fired = new UnavailableError(`${what} sent no data for ${Math.round(ms / 1000)} s and was stopped`, { hint: 'check the cluster (ceph -s): rbd waits for ever on inactive placement groups' });
-      proc.kill();
-    }, ms);
+  const wait = (delayMs: number) => {
+    timer = setTimeout(check, delayMs);
     timer.unref?.();
+  };
+  const check = () => {
+    const silent = Date.now() - lastChunk;
+    if (silent < ms) return wait(ms - silent);
+    timer = undefined;
+    state.fired = new UnavailableError(`${what} sent no data for ${Math.round(ms / 1000)} s and was stopped`, { hint: 'check the cluster (ceph -s): rbd waits for ever on inactive placement groups' });
+    proc.kill();
   };
   const state = {
     fired: undefined as Error | undefined,
     source: (async function* () {
       for await (const chunk of proc.stdout) {
-        arm();
+        lastChunk = Date.now();
         yield chunk;
       }
     })(),
     stop() {
       if (timer) clearTimeout(timer);
+      timer = undefined;
     },
   };
-  arm();
+  wait(ms);
   return state;
 }
 
