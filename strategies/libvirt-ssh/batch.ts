@@ -1,7 +1,9 @@
 /**
- * Several hypervisor commands in ONE SSH exec. Each exec costs a channel, a login shell and a
- * round trip (0.1–0.4 s under the lab's load), and a small incremental used to spend most of its
- * time in ~30 of them; a phase now sends its commands as one remote script.
+ * Several hypervisor commands in ONE round trip: one script for the run's persistent shell
+ * (persistent.ts; each step framed inline with shell builtins), or, without one, for one SSH
+ * exec (each step's output in temporary files). Each exec costs a channel, a login shell and a
+ * round trip (0.1–0.4 s under the lab's load); a small incremental used to spend most of its
+ * time in ~30 of them.
  *
  * The script is built only from argv arrays joined with shellJoin (src/transport/quote.ts) —
  * data (journal JSON, XML, paths, names) never becomes code. Each command's exit status,

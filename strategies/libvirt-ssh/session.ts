@@ -608,7 +608,9 @@ export class LibvirtSshSession implements BackupSession {
    */
   private endJobEarly(): void {
     if (this.jobEnding) return;
-    this.jobEnding = this.hv.endOwnBackupJob(this.domainName, this.runDir).then(
+    // The job is this session's own (its backup-begin succeeded and a domain runs one job at a
+    // time), so no backup-dumpxml round trip first to recognise it, as recovery needs.
+    this.jobEnding = this.hv.abortJob(this.domainName).then(
       () => {
         this.journal.job = false;
       },
