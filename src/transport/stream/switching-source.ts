@@ -95,6 +95,14 @@ export class SwitchingSource implements NbdSource {
     );
   }
 
+  /** Resolves once the faster carrier is ready (true) or known unusable (false); rejects when its start failed. */
+  async whenStarted(): Promise<boolean> {
+    this.start();
+    await this.starting;
+    if (this.failure) throw this.failure as Error;
+    return this.next !== undefined;
+  }
+
   /** Whether reads went (or go) to the faster carrier. */
   get switched(): boolean {
     return this.next !== undefined;

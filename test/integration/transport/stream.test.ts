@@ -1,0 +1,196 @@
+/**
+ * The one-way data stream (src/transport/stream) against the lab's sshd and a real qemu-nbd:
+ * full and dirty-bitmap reads through it are bit-identical to the image, through both carriers
+ * (OpenSSH, ssh2); without the interpreter it falls back to NBD and says why; an abort leaves no
+ * helper and no ssh process. The lab's sshd runs on this machine, so the "remote" socket and
+ * processes are local ones.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { InterruptedError } from '../../../src/errors.js';
+import type { HypervisorConfig } from '../../../src/inventory/types.js';
+import type { Logger } from '../../../src/log.js';
+import { dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, readDirty, readFull } from '../../../src/transport/nbd/index.js';
+import { SshConnection, sshTarget } from '../../../src/transport/ssh.js';
+import { DataStreams, STREAM_PACING, SwitchingSource, type StreamCarrier } from '../../../src/transport/stream/index.js';
+import { collectExtents, expectSameAsReference } from '../../helpers/extents.js';
+import { requireLab } from '../../helpers/lab.js';
+import { makeQemuDisk, MiB, startQemuNbd, type QemuDisk, type QemuNbdServer } from './qemu-fixture.js';
+
+let hv: HypervisorConfig;
+let disk: QemuDisk;
+let server: QemuNbdServer;
+let scratch: string;
+let big: QemuNbdServer;
+let conn: SshConnection;
+const debug: string[] = [];
+const log: Logger = {
+  debug: (m, f) => void debug.push(`${m} ${JSON.stringify(f ?? {})}`),
+  info() {},
+  warn: (m, f) => void debug.push(`WARN ${m} ${JSON.stringify(f ?? {})}`),
+  error() {},
+};
+
+beforeAll(async () => {
+  const ssh = requireLab('hypervisor').ssh!;
+  hv = { name: 'hv1', address: ssh.host, port: ssh.port, user: ssh.user, keyFile: ssh.keyFile, hostKey: { knownHostsFile: ssh.knownHostsFile } };
+  disk = makeQemuDisk();
+  // -B: the bitmap as qemu:dirty-bitmap:b1 (what an incremental reads); --shared: NBD session + helper.
+  server = await startQemuNbd(disk.top, join(disk.dir, 'nbd.sock'), ['--shared=8', '-B', disk.bitmap]);
+  scratch = mkdtempSync(join(tmpdir(), 'vp-stream-'));
+  execFileSync('sh', ['-c', `head -c ${256 * MiB} /dev/urandom > '${scratch}/big.raw' && qemu-img convert -O qcow2 '${scratch}/big.raw' '${scratch}/big.qcow2' && rm '${scratch}/big.raw'`]);
+  big = await startQemuNbd(join(scratch, 'big.qcow2'), join(scratch, 'big.sock'), ['--shared=8']);
+  conn = await SshConnection.connect(sshTarget(hv, {}), { connectTimeoutMs: 15_000, log });
+}, 120_000);
+
+afterAll(async () => {
+  await conn?.close();
+  await server?.stop();
+  await big?.stop();
+  disk?.cleanup();
+  if (scratch) rmSync(scratch, { recursive: true, force: true });
+});
+
+/** The NBD session (ssh2, block status) plus a stream started at once, as readDisk sets them up. */
+async function streamed(socket: string, contexts: readonly string[], opts: { carrier?: StreamCarrier; interpreter?: string; signal?: AbortSignal } = {}) {
+  const streams = new DataStreams(conn, {
+    socket,
+    exportName: '',
+    log,
+    ...(opts.carrier ? { carrier: opts.carrier } : {}),
+    ...(opts.interpreter ? { interpreter: opts.interpreter } : {}),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  const session = await NbdSession.open(conn.nbdDialer({ path: socket }, { dataChannel: 'ssh2' }), { exportName: '', metaContexts: contexts });
+  const source = new SwitchingSource(session, () => streams.use(session.info.size), { startAfterBytes: 0, firstBytesWhileStarting: 1 * MiB, pacing: STREAM_PACING });
+  source.start();
+  return { streams, session, source };
+}
+
+/** Processes (local ssh, remote sh/python3 — both on this machine) whose command line names `socket`. */
+function processesFor(socket: string): string[] {
+  return execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.includes(socket) && l.includes('vprotect-stream'));
+}
+
+async function waitFor(cond: () => boolean, ms = 8000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe.each(['openssh', 'ssh2'] as const)('data stream through %s', (carrier) => {
+  it('full read: bit-identical to the image, the data through the stream', async () => {
+    const { streams, session, source } = await streamed(server.socket, FULL_READ_CONTEXTS, { carrier });
+    try {
+      // The disk holds ~5 MiB: wait for the stream, or NBD would carry it all while ssh starts.
+      expect(await source.whenStarted()).toBe(true);
+      const extents = await collectExtents(readFull(source, { reuseBuffers: false }));
+      await source.finish();
+      expectSameAsReference(extents, disk.reference);
+      expect(streams.fallbackReason).toBeUndefined();
+      expect(source.switched).toBe(true);
+      expect(source.served.nextBytes).toBeGreaterThan(0);
+      expect(streams.description).toContain(`(stream, ${carrier})`);
+    } finally {
+      await source.close();
+      await session.close();
+    }
+    await waitFor(() => processesFor(server.socket).length === 0);
+  }, 60_000);
+
+  it('incremental (dirty bitmap) read: the dirty ranges, bit-identical, with reused buffers', async () => {
+    const { session, source } = await streamed(server.socket, dirtyReadContexts(disk.bitmap), { carrier });
+    try {
+      // reuseBuffers: each extent's bytes are checked before the next is asked for (the contract).
+      let covered = 0;
+      for await (const e of readDirty(source, disk.bitmap, { reuseBuffers: true })) {
+        const want = disk.reference.subarray(e.offset, e.offset + e.length);
+        expect(e.data ? e.data.equals(want) : want.equals(Buffer.alloc(e.length))).toBe(true);
+        covered += e.length;
+      }
+      await source.finish();
+      // 64 KiB at 8 MiB, 1 MiB at 32.5 MiB (zero), 128 KiB at 60 MiB: the bitmap's clusters.
+      expect(covered).toBe(64 * 1024 + MiB + 128 * 1024);
+    } finally {
+      await source.close();
+      await session.close();
+    }
+  }, 60_000);
+});
+
+it('256 MiB through the stream equals the image (many frames, reused buffers)', async () => {
+  const { source, session } = await streamed(big.socket, FULL_READ_CONTEXTS);
+  execFileSync('qemu-img', ['convert', '-O', 'raw', join(scratch, 'big.qcow2'), join(scratch, 'big.raw')]);
+  const reference = readFileSync(join(scratch, 'big.raw'));
+  rmSync(join(scratch, 'big.raw'));
+  try {
+    let end = 0;
+    for await (const e of readFull(source, { reuseBuffers: true })) {
+      expect(e.offset).toBe(end);
+      const want = reference.subarray(e.offset, e.offset + e.length);
+      if (e.data ? !e.data.equals(want) : !want.equals(Buffer.alloc(e.length))) throw new Error(`extent ${e.offset}+${e.length} differs from the image`);
+      end += e.length;
+    }
+    expect(end).toBe(reference.length);
+    await source.finish();
+    expect(source.served.nextBytes).toBeGreaterThan(200 * MiB);
+  } finally {
+    await source.close();
+    await session.close();
+  }
+}, 120_000);
+
+it('without the interpreter on the host: reads fall back to NBD, bit-identical, and say why', async () => {
+  debug.length = 0;
+  const { streams, session, source } = await streamed(server.socket, FULL_READ_CONTEXTS, { interpreter: 'python3-not-on-this-host' });
+  try {
+    const extents = await collectExtents(readFull(source));
+    await source.finish();
+    expectSameAsReference(extents, disk.reference);
+    expect(source.switched).toBe(false);
+    expect(source.served.nextBytes).toBe(0);
+    expect(streams.fallbackReason).toBe('python3-not-on-this-host is not installed on hv1: the one-way data stream needs it');
+    expect(debug.some((l) => l.startsWith('data stream unavailable, reading through NBD') && l.includes('no-interpreter'))).toBe(true);
+    expect(debug.some((l) => l.startsWith('WARN'))).toBe(false);
+  } finally {
+    await source.close();
+    await session.close();
+  }
+  await waitFor(() => processesFor(server.socket).length === 0);
+}, 60_000);
+
+it.each(['openssh', 'ssh2'] as const)('abort in the middle of a read (Ctrl-C) through %s leaves no helper and no ssh process', async (carrier) => {
+  const ac = new AbortController();
+  const { session, source } = await streamed(big.socket, FULL_READ_CONTEXTS, { carrier, signal: ac.signal });
+  let read = 0;
+  const err = await (async () => {
+    try {
+      for await (const e of readFull(source, { reuseBuffers: true, signal: ac.signal })) {
+        read += e.length;
+        if (read >= 32 * MiB && source.switched) {
+          // Both ends are running now: the helper on the "hypervisor" and (openssh) the local ssh.
+          expect(processesFor(big.socket).length).toBeGreaterThan(0);
+          ac.abort(new InterruptedError());
+        }
+      }
+    } catch (e) {
+      return e as Error;
+    } finally {
+      await source.close();
+      await session.close().catch(() => session.destroy());
+    }
+    return undefined;
+  })();
+  expect(err).toBeInstanceOf(InterruptedError);
+  expect(read).toBeLessThan(256 * MiB);
+  await waitFor(() => processesFor(big.socket).length === 0).catch(() => {
+    throw new Error(`left running: ${processesFor(big.socket).map((l) => l.slice(0, 120)).join(' | ')}`);
+  });
+}, 60_000);
