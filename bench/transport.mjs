@@ -8,6 +8,8 @@
  *       other's settings (`-deep`, `-paced`) to show what the pacing does
  *   (c) `ssh -c aes128-gcm@openssh.com host cat file > /dev/null` (OpenSSH) and ssh2 execStream cat
  *   (d) netcat mode: NBD over TCP to qemu-nbd
+ *   (e) the one-way data stream (src/transport/stream): block status over NBD (ssh2), the data
+ *       from the python3 helper through OpenSSH or ssh2; also two parallel streams, and 1 MiB reads
  * Each mode runs in its own child process so its peak RSS is its own. Medians of --runs (3);
  * the modes take turns within each run, so a change in the machine's load hits them all alike.
  *
@@ -44,6 +46,10 @@ const MODES = {
   'nbd-ssh-ssh2-paced': 'NBD over SSH, ssh2, 256 KiB x 1 MiB in flight',
   'ssh2-cat': 'ssh2 execStream cat file (vprotect SSH exec stream)',
   'nbd-tcp-reuse': 'NBD over TCP (netcat mode), reuseBuffers',
+  'stream-openssh': 'one-way stream, OpenSSH (libvirt-ssh default), reuseBuffers',
+  'stream-ssh2': 'one-way stream, ssh2 execStream, reuseBuffers',
+  'stream-openssh-2': 'two one-way streams (two SSH connections), OpenSSH',
+  'stream-openssh-1m': 'one-way stream, OpenSSH, 1 MiB reads',
 };
 
 // ---------------------------------------------------------------- child: one measured run
@@ -78,6 +84,31 @@ async function runMode(mode, image, socket, tcpPort) {
       connections: mode.includes('2conn') ? 2 : 1,
     });
     return readAll(session);
+  }
+  if (mode.startsWith('stream-')) {
+    const lab = JSON.parse(readFileSync(join(LAB, 'lab.json'), 'utf8'));
+    const hv = { name: 'hv1', address: lab.ssh.host, port: lab.ssh.port, user: lab.ssh.user, keyFile: lab.ssh.keyFile, hostKey: { knownHostsFile: lab.ssh.knownHostsFile } };
+    const { SshPool } = await import(dist('ssh.js'));
+    const stream = await import(dist('stream/index.js'));
+    const pool = new SshPool({ env: {} });
+    const conn = await pool.connection(hv);
+    const log = { debug() {}, info() {}, warn: (m, f) => process.stderr.write(`warn: ${m} ${JSON.stringify(f)}\n`), error() {} };
+    try {
+      const streams = new stream.DataStreams(conn, { socket, exportName: '', carrier: mode.includes('ssh2') ? 'ssh2' : 'openssh', count: mode.endsWith('-2') ? 2 : 1, log });
+      const session = await nbd.NbdSession.open(conn.nbdDialer({ path: socket }, { dataChannel: 'ssh2' }), { exportName: '', metaContexts: nbd.FULL_READ_CONTEXTS });
+      const pacing = mode.endsWith('-1m') ? { ...stream.STREAM_PACING, maxRequestBytes: 1024 * 1024 } : stream.STREAM_PACING;
+      const source = new stream.SwitchingSource(session, () => streams.use(session.info.size), { startAfterBytes: 0, firstBytesWhileStarting: 8 * 1024 * 1024, pacing });
+      source.start();
+      let n = 0;
+      for await (const e of nbd.readFull(source, { reuseBuffers: true })) n += e.length;
+      await source.finish();
+      await source.close();
+      await session.close();
+      if (!source.switched) throw new Error(`${mode}: the stream did not start (${streams.fallbackReason})`);
+      return n;
+    } finally {
+      await pool.close();
+    }
   }
   if (mode.startsWith('nbd-tcp')) {
     const { tcpDialer } = await import(dist('tcp.js'));
@@ -175,7 +206,7 @@ async function main() {
     const samples = new Map();
     for (const mode of wanted) {
       if (!MODES[mode]) throw new Error(`unknown mode ${mode} (known: ${Object.keys(MODES).join(', ')})`);
-      const needsLab = mode.startsWith('nbd-ssh') || mode === 'openssh-cat' || mode === 'ssh2-cat';
+      const needsLab = mode.startsWith('nbd-ssh') || mode.startsWith('stream-') || mode === 'openssh-cat' || mode === 'ssh2-cat';
       if (needsLab && !ssh) results.push({ mode, skipped: 'the lab is not running (npm run lab:up)' });
       else if (mode === 'nbdcopy-unix' && !have('nbdcopy')) results.push({ mode, skipped: 'nbdcopy not installed (libnbd-bin)' });
       else samples.set(mode, []);
@@ -219,7 +250,7 @@ async function main() {
     const label = MODES[r.mode].padEnd(62);
     if (r.skipped) console.log(`  ${label} skipped: ${r.skipped}`);
     else {
-      const ratio = cat && r.mode.startsWith('nbd-ssh') ? `  ${(r.MiBps / cat.MiBps).toFixed(2)}× ssh cat` : '';
+      const ratio = cat && (r.mode.startsWith('nbd-ssh') || r.mode.startsWith('stream-')) ? `  ${(r.MiBps / cat.MiBps).toFixed(2)}× ssh cat` : '';
       console.log(`  ${label} ${String(r.MiBps).padStart(5)} MiB/s  ${r.seconds.toFixed(2).padStart(6)} s${r.peakRssMiB ? `  peak RSS ${r.peakRssMiB} MiB` : ''}${r.clientCpuS !== undefined ? `  CPU ${r.clientCpuS} s` : ''}  [${r.samplesMiBps.join(' ')}]${ratio}`);
     }
   }
