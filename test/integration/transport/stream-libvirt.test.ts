@@ -1,0 +1,93 @@
+/**
+ * The one-way data stream as the libvirt-ssh strategy uses it, against the lab's sshd, libvirtd
+ * and qemu: a libvirt backup job (qcow2, checkpoint mode) and qemu-nbd (raw, kept overlay) as
+ * the helper's NBD servers. Every point restores bit-identical; an incremental with enough
+ * data goes through the stream; without the interpreter the backup reads through NBD and the
+ * disk's reason says so.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Logger } from '../../../src/log.js';
+import { createDomain, destroyDomain, diskDigest, guestWrites, harness, labEnv, MiB, scatteredWrites, type LabEnv } from '../libvirt-ssh/fixture.js';
+
+let env: LabEnv;
+const name = `vpt-stream-${process.pid}`;
+
+beforeAll(() => {
+  env = labEnv();
+});
+afterAll(() => {
+  if (env) destroyDomain(env, name);
+});
+
+/** Debug lines of one backup, and what each disk's reader said about its carriers. */
+function capture() {
+  const lines: string[] = [];
+  const reads = new Map<string, { next: number; nextBytes: number; first: number; firstBytes: number }>();
+  const log: Logger = {
+    debug: (m, f) => {
+      lines.push(`${m} ${JSON.stringify(f ?? {})}`);
+      const disk = / (vd[a-z]): read$/.exec(m)?.[1];
+      if (disk && f && 'via' in f) reads.set(disk, f['via'] as { next: number; nextBytes: number; first: number; firstBytes: number });
+    },
+    info() {},
+    warn: (m, f) => void lines.push(`WARN ${m} ${JSON.stringify(f ?? {})}`),
+    error: (m) => void lines.push(`ERROR ${m}`),
+  };
+  return { log, lines, reads };
+}
+
+describe('libvirt-ssh reads through the one-way data stream', () => {
+  it('full and a 40 MiB incremental (backup job and qemu-nbd) restore bit-identical; the incremental went through the stream', async () => {
+    createDomain(env, name, [
+      { target: 'vda', format: 'qcow2' },
+      { target: 'vdb', format: 'raw' },
+    ]);
+    const h = await harness(env, name);
+
+    const c0 = capture();
+    const full = await h.backup('full', { log: c0.log });
+    expect(full.level).toBe('full');
+    for (const d of full.disks) expect(d.reason).not.toMatch(/read through NBD/);
+    // A full starts the stream at once, for each disk.
+    expect(c0.lines.filter((l) => l.startsWith('data stream started'))).toHaveLength(2);
+    expect(await h.restoredDigest(full.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+    expect(await h.restoredDigest(full.pointId, 'vdb')).toBe(diskDigest(env, name, 'vdb'));
+
+    // 40 × 1 MiB per disk (of 64 MiB): above the 32 MiB after which an incremental switches to the stream.
+    guestWrites(name, 0, scatteredWrites(40, MiB, 11, 8 * MiB, 60 * MiB));
+    guestWrites(name, 1, scatteredWrites(40, MiB, 12, 8 * MiB, 60 * MiB));
+    const c1 = capture();
+    const inc = await h.backup('auto', { log: c1.log });
+    expect(inc.level, JSON.stringify(inc.disks.map((d) => d.reason))).toBe('incremental');
+    for (const d of inc.disks) {
+      expect(d.dataBytes, d.key).toBe(40 * MiB);
+      const via = c1.reads.get(d.key);
+      expect(via, `${d.key}: ${c1.lines.join('\n')}`).toBeDefined();
+      expect(via!.nextBytes + via!.firstBytes, d.key).toBe(40 * MiB);
+      expect(via!.nextBytes, d.key).toBeGreaterThan(0);
+    }
+    expect(c1.lines.filter((l) => l.startsWith('WARN'))).toEqual([]);
+    expect(await h.restoredDigest(inc.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+    expect(await h.restoredDigest(inc.pointId, 'vdb')).toBe(diskDigest(env, name, 'vdb'));
+
+    // A small incremental never starts the stream (no second SSH handshake).
+    guestWrites(name, 0, scatteredWrites(4, 64 * 1024, 13, 8 * MiB, 60 * MiB));
+    const c2 = capture();
+    const small = await h.backup('auto', { log: c2.log });
+    expect(small.level).toBe('incremental');
+    expect(c2.lines.filter((l) => l.startsWith('data stream started'))).toEqual([]);
+    expect(await h.restoredDigest(small.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+
+    // Without the interpreter (a host without python3): NBD carries the data, the reason says why.
+    guestWrites(name, 0, scatteredWrites(36, MiB, 14, 8 * MiB, 60 * MiB));
+    const c3 = capture();
+    const fallback = await h.backup('auto', { log: c3.log, options: { python: 'python3-not-installed' } });
+    expect(fallback.level).toBe('incremental');
+    const vda = fallback.disks.find((d) => d.key === 'vda')!;
+    expect(vda.reason).toMatch(/; read through NBD: python3-not-installed is not installed on hv1: the one-way data stream needs it$/);
+    expect(c3.reads.get('vda')?.nextBytes).toBe(0);
+    expect(c3.lines.filter((l) => l.startsWith('WARN'))).toEqual([]);
+    expect(await h.restoredDigest(fallback.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
+    expect(await h.restoredDigest(fallback.pointId, 'vdb')).toBe(diskDigest(env, name, 'vdb'));
+  }, 600_000);
+});
