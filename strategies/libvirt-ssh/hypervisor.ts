@@ -142,9 +142,9 @@ export class Hypervisor {
   /**
    * Several virsh commands, one result each (code 0, non-zero, or undefined: did not run), in
    * order; a failure does not stop the others. With kept processes: ONE round trip to the
-   * persistent virsh. Otherwise (or when it cannot start): one virsh process for all, and
-   * when virsh complained about anything, the commands again one process each, so that every
-   * error is told apart.
+   * persistent virsh. Otherwise (or when it cannot start): queries in one virsh process, asked
+   * again one process each when virsh complained about anything (so that every error is told
+   * apart); changes one process each.
    */
   async virshEach(commands: string[][], opts: CallOptions = {}): Promise<StepResult[]> {
     if (commands.length === 0) return [];
