@@ -20,3 +20,10 @@ export function expectSameAsReference(extents: Extent[], reference: Buffer): voi
   }
   expect(end).toBe(reference.length);
 }
+
+/** Deterministic bytes that are never zero (so a run is data all along), different per seed. */
+export function patternBytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = 1 + ((i * 131 + seed * 7919) % 255);
+  return b;
+}

@@ -2,6 +2,7 @@ import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { patternBytes as bytes } from '../../helpers/extents.js';
 import { BlockMapBuilder } from '../../../src/repository/block-map.js';
 import { BlockImageWriter, pageRuns } from '../../../src/repository/block-image-writer.js';
 import { DataFile } from '../../../src/repository/direct-io.js';
@@ -14,12 +15,6 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Deterministic bytes, never zero (so a run is data all along). */
-function bytes(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = 1 + ((i * 131 + seed * 7919) % 255);
-  return b;
-}
 
 /** Writes `runs` through BlockImageWriter; returns the file, its digests, and the reference digests and image. */
 async function run(size: number, blockSize: number, runs: [number, Buffer][], inDir = dir) {

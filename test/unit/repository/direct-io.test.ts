@@ -2,6 +2,7 @@ import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { patternBytes as bytes } from '../../helpers/extents.js';
 import { CoalescingWriter } from '../../../src/repository/coalescing-writer.js';
 import { DataFile, DirectReader } from '../../../src/repository/direct-io.js';
 import { isPageAligned, pageAlignedBuffer } from '../../../src/util/buffer-pool.js';
@@ -14,11 +15,6 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function bytes(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = 1 + ((i * 131 + seed * 7919) % 255);
-  return b;
-}
 
 async function withFile<T>(name: string, fn: (file: DataFile) => Promise<T>): Promise<{ result: T; content: Buffer }> {
   const path = join(dir, name);
