@@ -532,6 +532,7 @@ export class LibvirtSshSession implements BackupSession {
     let session: NbdSession | undefined;
     let switching: SwitchingSource | undefined;
     let pidFile: string | undefined;
+    let streamOfDisk: ReturnType<typeof this.streamFor>;
     try {
       let contexts: readonly string[];
       let server: NbdServer;
@@ -551,6 +552,7 @@ export class LibvirtSshSession implements BackupSession {
         contexts = depth ? DEPTH_READ_CONTEXTS : FULL_READ_CONTEXTS;
       }
       const stream = this.streamFor(server, plan);
+      streamOfDisk = stream;
       if (stream?.early) stream.streams();
       session = await NbdSession.open(this.dialer(server, plan.level, stream !== undefined), {
         exportName: target,
@@ -589,7 +591,12 @@ export class LibvirtSshSession implements BackupSession {
         if (this.jobDisksRead.size === this.checkpointDisks.length) this.endJobEarly();
       }
     } finally {
-      if (switching) await switching.close().catch((e: unknown) => this.ctx.log.warn(`stopping the data stream of ${target}: ${errorMessage(e)}`));
+      // The stream is started before the NBD session opens (a full), so the open or the size
+      // check can throw before `switching` exists: close what was started in every path, or the
+      // ssh child (its own process group) and the remote helper outlive the disk and keep Node up.
+      const streams = streamOfDisk?.started();
+      const stopping = [switching?.close(), streams?.close()];
+      await Promise.all(stopping).catch((e: unknown) => this.ctx.log.warn(`stopping the data stream of ${target}: ${errorMessage(e)}`));
       if (session) await session.close().catch(() => session!.destroy());
       if (pidFile) await stopQemuNbd(this.hv, pidFile).catch((e: unknown) => this.ctx.log.warn(`stopping qemu-nbd of ${target}: ${errorMessage(e)}`));
     }

@@ -292,7 +292,7 @@ export class RemoteStream {
         c.once('error', (err) => resolve({ code: null, signal: null, stderr: `cannot run ssh: ${err.message}` }));
         c.once('close', (code, signal) => resolve({ code, signal, stderr }));
       });
-      this.options.log?.debug('data stream started', { host: conn.where, socket: args.socket, pid: c.pid });
+      this.options.log?.debug('data stream started', { host: conn.where, socket: args.socket, pid: c.pid, dir });
       return {
         write: (data) => void c.stdin!.write(data),
         kill: () => {

@@ -5,19 +5,40 @@
  * data goes through the stream; without the interpreter the backup reads through NBD and the
  * disk's reason says so.
  */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../../src/log.js';
+import type { Strategy } from '../../../src/strategy/contract.js';
+import libvirtSsh from '../../../strategies/libvirt-ssh/index.js';
 import { createDomain, destroyDomain, diskDigest, guestWrites, harness, labEnv, MiB, scatteredWrites, type LabEnv } from '../libvirt-ssh/fixture.js';
 
 let env: LabEnv;
 const name = `vpt-stream-${process.pid}`;
+const leaky = `vpt-stream-leak-${process.pid}`;
 
 beforeAll(() => {
   env = labEnv();
 });
 afterAll(() => {
   if (env) destroyDomain(env, name);
+  if (env) destroyDomain(env, leaky);
 });
+
+/** Stream helpers reading `socket` (remote python3 and the local ssh: the lab's sshd is this machine) still running. */
+function streamProcesses(socket: string): string[] {
+  return execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.includes('vprotect-stream') && l.includes(socket));
+}
+
+async function waitFor(cond: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 /** Debug lines of one backup, and what each disk's reader said about its carriers. */
 function capture() {
@@ -90,4 +111,39 @@ describe('libvirt-ssh reads through the one-way data stream', () => {
     expect(await h.restoredDigest(fallback.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
     expect(await h.restoredDigest(fallback.pointId, 'vdb')).toBe(diskDigest(env, name, 'vdb'));
   }, 600_000);
+
+  it('a full whose NBD export does not match the plan fails the disk and leaves no stream helper or ssh behind', async () => {
+    createDomain(env, leaky, [{ target: 'vda', format: 'raw' }]);
+    const h = await harness(env, leaky);
+    // The plan says 512 bytes more than the export: the size check after NbdSession.open throws,
+    // after the full has already started its stream.
+    const lying: Strategy = {
+      ...libvirtSsh,
+      async open(target, ctx) {
+        const s = await libvirtSsh.open(target, ctx);
+        return {
+          ...s,
+          plan: (r) => s.plan(r),
+          snapshot: (p) => s.snapshot(p),
+          sourceAnchor: (p) => s.sourceAnchor(p),
+          metadata: () => s.metadata(),
+          commit: () => s.commit(),
+          abort: (r) => s.abort(r),
+          close: () => s.close(),
+          read: (plan) => s.read({ ...plan, size: plan.size + 512 }),
+        };
+      },
+    };
+    const c = capture();
+    await expect(h.backup('full', { log: c.log, strategy: lying })).rejects.toThrow(/the NBD export is \d+ bytes, libvirt said/);
+    // The debug line of each started stream names its NBD socket (a path in this run's directory)
+    // and its private directory (known_hosts), which only closing the stream removes.
+    const started = c.lines.filter((l) => l.startsWith('data stream started')).map((l) => JSON.parse(l.slice('data stream started '.length)) as { socket: string; dir: string });
+    expect(started.length).toBeGreaterThan(0);
+    for (const s of started) expect(existsSync(s.dir), `${s.dir} was left behind`).toBe(false);
+    const left = () => started.flatMap((s) => streamProcesses(s.socket));
+    await waitFor(() => left().length === 0).catch(() => {
+      throw new Error(`left running: ${left().map((l) => l.slice(0, 120)).join(' | ')}`);
+    });
+  }, 300_000);
 });
