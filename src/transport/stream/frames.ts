@@ -43,6 +43,21 @@ export function encodeFrameHeader(type: number, a: number, b: number, magic = FR
   return h;
 }
 
+/**
+ * The stream cannot be used here, and plain NBD can: the interpreter is missing, or the helper
+ * or ssh failed before the stream began (before the hello, so nothing from it was used).
+ * `reason` says which; the caller falls back (dataChannel auto) or fails (dataChannel stream).
+ */
+export class StreamUnavailableError extends UnavailableError {
+  constructor(
+    message: string,
+    readonly reason: 'no-interpreter' | 'start-failed',
+    details: ErrorDetails = {},
+  ) {
+    super(message, details);
+  }
+}
+
 /** The stream broke its framing: nothing more from it can be trusted. */
 export class StreamProtocolError extends DataCorruptError {
   constructor(where: string, message: string, details: ErrorDetails = {}) {
@@ -211,9 +226,16 @@ export class FrameReader {
     const type = h.readUInt32BE(4);
     const a = h.readBigUInt64BE(8);
     const b = h.readBigUInt64BE(16);
-    if (magic !== FRAME_MAGIC) return this.fail(new StreamProtocolError(this.description, `bad frame magic 0x${magic.toString(16).padStart(8, '0')} (garbled stream)`));
+    // Before the hello nothing from the stream has been used, and what arrives there may not be
+    // the helper's at all (a login script that prints on a non-interactive ssh): the stream did
+    // not start, and plain NBD can still carry the data.
+    if (magic !== FRAME_MAGIC) {
+      const what = `bad frame magic 0x${magic.toString(16).padStart(8, '0')}`;
+      if (!this.helloSeen) return this.fail(notStarted(this.description, `${what} before the hello (output that is not the helper's, e.g. a login script's): ${JSON.stringify(h.toString('latin1').replace(/[^\x20-\x7e]/g, '.'))}`));
+      return this.fail(new StreamProtocolError(this.description, `${what} (garbled stream)`));
+    }
     if (!this.helloSeen && type !== FrameType.hello && type !== FrameType.error) {
-      return this.fail(new StreamProtocolError(this.description, `frame type ${type} before the hello`));
+      return this.fail(notStarted(this.description, `frame type ${type} before the hello`));
     }
     switch (type) {
       case FrameType.hello:
@@ -272,4 +294,8 @@ export class FrameReader {
     const text = dest.toString('utf8').trim() || 'no message';
     this.fail(new UnavailableError(`data stream from ${this.description} failed: ${text}`, { data: { reason: 'helper-error' } }));
   }
+}
+
+function notStarted(description: string, message: string): StreamUnavailableError {
+  return new StreamUnavailableError(`data stream from ${description}: ${message}`, 'start-failed');
 }

@@ -25,11 +25,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AuthError, InterruptedError, UnavailableError, VprotectError, type ErrorDetails } from '../../errors.js';
+import { AuthError, errorMessage, InterruptedError, UnavailableError, VprotectError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { SshConnection } from '../ssh/connection.js';
 import { DEFAULT_OPENSSH_BINARY, hardenedSshArgs, hostKeyRefusal, PINNED_HOST_ALIAS, writePinnedKnownHosts } from '../ssh/openssh.js';
-import { encodeRequest, FrameReader, REQUEST_BYTES, RequestType } from './frames.js';
+import { encodeRequest, FrameReader, REQUEST_BYTES, RequestType, StreamUnavailableError } from './frames.js';
 import { helperArgv, helperCommandLine, NO_INTERPRETER, type HelperArgs } from './helper.js';
 
 export type StreamCarrier = 'openssh' | 'ssh2';
@@ -51,19 +51,7 @@ export interface RemoteStreamOptions {
   signal?: AbortSignal;
 }
 
-/**
- * The stream cannot be used here, and plain NBD can: the interpreter is missing, or the helper
- * or ssh failed before the stream began. `reason` says which; the caller falls back.
- */
-export class StreamUnavailableError extends UnavailableError {
-  constructor(
-    message: string,
-    readonly reason: 'no-interpreter' | 'start-failed',
-    details: ErrorDetails = {},
-  ) {
-    super(message, details);
-  }
-}
+export { StreamUnavailableError };
 
 interface Exit {
   code: number | null;
@@ -136,7 +124,7 @@ export class RemoteStream {
           else this.reader.close(why);
         });
       },
-      (err: unknown) => this.reader.fail(err as Error),
+      (err: unknown) => this.reader.fail(this.startError(err)),
     );
     const timeoutMs = options.startTimeoutMs ?? 20_000;
     this.readyPromise = new Promise<number>((resolve, reject) => {
@@ -243,6 +231,17 @@ export class RemoteStream {
   }
 
   private helloSeen = false;
+
+  /**
+   * Why the carrier could not be set up (private directory, known_hosts, socket pair, ssh2
+   * channel): nothing was read through it, so plain NBD can still carry the data
+   * (start-failed). A host key that is not the pinned one and an abort are not papered over.
+   */
+  private startError(err: unknown): Error {
+    if (this.options.signal?.aborted) return abortReason(this.options.signal);
+    if (err instanceof StreamUnavailableError || err instanceof AuthError || err instanceof InterruptedError) return err;
+    return new StreamUnavailableError(`${this.description}: could not start: ${errorMessage(err)}`, 'start-failed', { cause: err });
+  }
 
   private async startSsh2(args: HelperArgs): Promise<Carrier> {
     const proc = await this.conn.execStream(helperArgv(args), this.options.signal ? { signal: this.options.signal } : {});

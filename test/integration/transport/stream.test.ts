@@ -166,6 +166,23 @@ it('without the interpreter on the host: reads fall back to NBD, bit-identical, 
   await waitFor(() => processesFor(server.socket).length === 0);
 }, 60_000);
 
+it('a carrier that cannot be set up (no private directory for known_hosts) is start-failed: NBD carries the data, with a warning', async () => {
+  debug.length = 0;
+  // os.tmpdir() follows TMPDIR: mkdtemp of the OpenSSH carrier's private directory fails.
+  const saved = process.env['TMPDIR'];
+  process.env['TMPDIR'] = join(scratch, 'no-such-dir');
+  let streams: DataStreams;
+  try {
+    streams = new DataStreams(conn, { socket: server.socket, exportName: '', log, carrier: 'openssh' });
+    expect(await streams.use(disk.reference.length)).toBeUndefined();
+  } finally {
+    if (saved === undefined) delete process.env['TMPDIR'];
+    else process.env['TMPDIR'] = saved;
+  }
+  expect(streams.fallbackReason).toMatch(/\(stream, openssh\): could not start: .*ENOENT/);
+  expect(debug.some((l) => l.startsWith('WARN data stream unavailable, reading through NBD') && l.includes('start-failed'))).toBe(true);
+});
+
 it.each(['openssh', 'ssh2'] as const)('abort in the middle of a read (Ctrl-C) through %s leaves no helper and no ssh process', async (carrier) => {
   const ac = new AbortController();
   const { session, source } = await streamed(big.socket, FULL_READ_CONTEXTS, { carrier, signal: ac.signal });

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { DataCorruptError, UnavailableError } from '../../../src/errors.js';
-import { encodeFrameHeader, FrameReader, FrameType, StreamProtocolError } from '../../../src/transport/stream/frames.js';
+import { encodeFrameHeader, FrameReader, FrameType, StreamProtocolError, StreamUnavailableError } from '../../../src/transport/stream/frames.js';
 
 const hello = (size: number) => encodeFrameHeader(FrameType.hello, size, 0);
 const data = (offset: number, bytes: Buffer) => Buffer.concat([encodeFrameHeader(FrameType.data, offset, bytes.length), bytes]);
@@ -111,6 +111,18 @@ describe('FrameReader', () => {
     const p = r2.expect(0, a.length);
     deliver(r2, data(0, a), 1 << 20);
     await expect(p).rejects.toThrow('frame type 2 before the hello');
+    // Nothing from the stream was used yet: the caller may fall back to NBD.
+    await expect(p).rejects.toBeInstanceOf(StreamUnavailableError);
+  });
+
+  it('output before the hello that is not the helper\'s (a login script printing) means the stream did not start', async () => {
+    const r = new FrameReader('test');
+    deliver(r, Buffer.concat([Buffer.from('Welcome to hv1!\nLast login: yesterday\n'), hello(1 << 20)]), 7);
+    const err = await r.hello.catch((e: unknown) => e as Error);
+    expect(err).toBeInstanceOf(StreamUnavailableError);
+    expect((err as StreamUnavailableError).reason).toBe('start-failed');
+    expect(err).not.toBeInstanceOf(DataCorruptError);
+    expect(err.message).toBe('data stream from test: bad frame magic 0x57656c63 before the hello (output that is not the helper\'s, e.g. a login script\'s): "Welcome to hv1!.Last log"');
   });
 
   it('an error record fails the outstanding reads with the helper\'s message', async () => {
