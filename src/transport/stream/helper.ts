@@ -13,9 +13,10 @@
  *   the order they were asked for (held in reused buffers meanwhile);
  * - a reply that is next in order is moved from the NBD socket to stdout with splice(2) when
  *   stdout is a pipe (sshd gives one): no copy through Python;
- * - a failure before a frame is started becomes an ERROR frame (and a line on stderr); a failure
- *   in the middle of a data frame writes nothing more (vprotect sees a short frame and fails —
- *   it never sees a wrong byte as data);
+ * - a failure between frames becomes an ERROR frame (and a line on stderr); a failure while a
+ *   frame is being written (its header or its bytes, through writev or splice) writes nothing
+ *   more: an ERROR record there would be read as the rest of the frame. vprotect sees a short
+ *   frame and fails — it never sees a wrong byte as data;
  * - stdin closed without the END request means vprotect is gone: exit at once, quietly.
  * Exit status: 0 done, 1 vprotect went away, 2 failure (reported), 127 no interpreter (launcher).
  */
@@ -32,7 +33,10 @@ NBD_REP = struct.Struct('>IIQ')
 class Fail(Exception):
     pass
 state = {'in_frame': False}
-def out(parts):
+def out(parts, open_frame=False):
+    # A frame is in progress until every part is written (a writev can be partial, and fail
+    # after); open_frame: its bytes follow separately (splice), so it stays in progress.
+    state['in_frame'] = True
     parts = [memoryview(p) for p in parts]
     while parts:
         n = os.writev(1, parts)
@@ -43,6 +47,7 @@ def out(parts):
             else:
                 parts[0] = parts[0][n:]
                 n = 0
+    state['in_frame'] = open_frame
 def recv_exact(sock, n):
     buf = bytearray(n)
     fill(sock, memoryview(buf))
@@ -154,8 +159,7 @@ def main():
             if splice and order[oi] == h:
                 del sent[h]
                 oi += 1
-                state['in_frame'] = True
-                out([HDR.pack(MAGIC, DATA, off, ln)])
+                out([HDR.pack(MAGIC, DATA, off, ln)], True)
                 left = ln
                 while left:
                     k = os.splice(sock.fileno(), 1, left, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE)

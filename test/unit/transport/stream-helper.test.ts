@@ -109,6 +109,45 @@ describe('stream helper (python3) against a scripted NBD server', () => {
     expect(await h.exited).toBe(1);
   }, 20_000);
 
+  it('a write that fails in the middle of a data frame is followed by nothing (no error record read as data)', async () => {
+    server = await FakeNbdServer.start({ disk, onRequest: outOfOrder(1) });
+    // The helper as helperArgv runs it, with os.writev replaced: the second write (the first data
+    // frame; the hello is the first) puts out its header and 1000 bytes, then fails with EIO.
+    const prelude = [
+      'import os, sys',
+      '_writev = os.writev',
+      'calls = [0]',
+      'def writev(fd, parts):',
+      '    calls[0] += 1',
+      '    if calls[0] == 2:',
+      "        os.write(fd, b''.join(bytes(p) for p in parts)[:24 + 1000])",
+      "        raise OSError(5, 'Input/output error')",
+      '    return _writev(fd, parts)',
+      'os.writev = writev',
+      'script = sys.argv[1]',
+      "sys.argv = ['-c'] + sys.argv[2:]",
+      "exec(compile(script, '<helper>', 'exec'), {'__name__': '__main__'})",
+    ].join('\n');
+    const [, , , script, , ...args] = helperArgv({ socket: server.path, exportName: 'vda', depth: 1 });
+    const child = spawn('python3', ['-c', prelude, script!, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const chunks: Buffer[] = [];
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => chunks.push(d));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    child.stdin.write(encodeRequest(RequestType.read, 0, 65536));
+    expect(await exited).toBe(2);
+    expect(stderr).toContain('vprotect-stream: OSError: [Errno 5] Input/output error');
+    // The hello, then exactly the partial frame: no error record after it.
+    const out = Buffer.concat(chunks);
+    expect(out.length).toBe(24 + 24 + 1000);
+    const reader = new FrameReader('local helper');
+    const read = reader.expect(0, 65536);
+    reader.feed(out);
+    reader.close();
+    await expect(read).rejects.toThrow('the stream ended in the middle of a frame with 1 read(s) outstanding');
+  }, 20_000);
+
   it('a request beyond the export is refused with an error record', async () => {
     server = await FakeNbdServer.start({ disk, onRequest: outOfOrder(1) });
     const h = runHelper(server.path);
