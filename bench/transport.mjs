@@ -9,7 +9,7 @@
  *   (c) `ssh -c aes128-gcm@openssh.com host cat file > /dev/null` (OpenSSH) and ssh2 execStream cat
  *   (d) netcat mode: NBD over TCP to qemu-nbd
  *   (e) the one-way data stream (src/transport/stream): block status over NBD (ssh2), the data
- *       from the python3 helper through OpenSSH or ssh2; also two parallel streams, and 1 MiB reads
+ *       from the python3 helper through OpenSSH or ssh2
  * Each mode runs in its own child process so its peak RSS is its own. Medians of --runs (3);
  * the modes take turns within each run, so a change in the machine's load hits them all alike.
  *
@@ -48,8 +48,6 @@ const MODES = {
   'nbd-tcp-reuse': 'NBD over TCP (netcat mode), reuseBuffers',
   'stream-openssh': 'one-way stream, OpenSSH (libvirt-ssh default), reuseBuffers',
   'stream-ssh2': 'one-way stream, ssh2 execStream, reuseBuffers',
-  'stream-openssh-2': 'two one-way streams (two SSH connections), OpenSSH',
-  'stream-openssh-1m': 'one-way stream, OpenSSH, 1 MiB reads',
 };
 
 // ---------------------------------------------------------------- child: one measured run
@@ -94,10 +92,9 @@ async function runMode(mode, image, socket, tcpPort) {
     const conn = await pool.connection(hv);
     const log = { debug() {}, info() {}, warn: (m, f) => process.stderr.write(`warn: ${m} ${JSON.stringify(f)}\n`), error() {} };
     try {
-      const streams = new stream.DataStreams(conn, { socket, exportName: '', carrier: mode.includes('ssh2') ? 'ssh2' : 'openssh', count: mode.endsWith('-2') ? 2 : 1, log });
+      const streams = new stream.DataStream(conn, { socket, exportName: '', carrier: mode.includes('ssh2') ? 'ssh2' : 'openssh', log });
       const session = await nbd.NbdSession.open(conn.nbdDialer({ path: socket }, { dataChannel: 'ssh2' }), { exportName: '', metaContexts: nbd.FULL_READ_CONTEXTS });
-      const pacing = mode.endsWith('-1m') ? { ...stream.STREAM_PACING, maxRequestBytes: 1024 * 1024 } : stream.STREAM_PACING;
-      const source = new stream.SwitchingSource(session, () => streams.use(session.info.size), { startAfterBytes: 0, firstBytesWhileStarting: 8 * 1024 * 1024, pacing });
+      const source = new stream.SwitchingSource(session, () => streams.use(session.info.size), { startAfterBytes: 0, firstBytesWhileStarting: 8 * 1024 * 1024, pacing: stream.STREAM_PACING });
       source.start();
       let n = 0;
       for await (const e of nbd.readFull(source, { reuseBuffers: true })) n += e.length;

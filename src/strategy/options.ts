@@ -9,7 +9,7 @@ export const strategyOptionSchemas = {
     properties: {
       mode: { enum: ['auto', 'checkpoint', 'snapshot'], description: 'incremental mechanism; auto = checkpoint where the disk is qcow2, else snapshot' },
       transport: { enum: ['ssh', 'netcat'], description: 'ssh = NBD through an SSH-forwarded socket; netcat = direct TCP (unencrypted, trusted networks)' },
-      dataChannel: { enum: ['auto', 'stream', 'nbd'], description: 'ssh transport: auto = one-way stream (python3 helper on the hypervisor) for fulls and large incrementals; stream = always; nbd = NBD through a forwarded socket only' },
+      dataChannel: { enum: ['auto', 'stream', 'nbd'], description: 'ssh transport: auto = one-way stream (python3 helper on the hypervisor) for fulls and large incrementals, NBD when it cannot start; stream = always, and a stream that cannot start fails the disk; nbd = NBD through a forwarded socket only' },
       python: { type: 'string', pattern: '^[A-Za-z0-9_./+-]+$', description: 'interpreter of the stream helper on the hypervisor (default python3)' },
       atomic: { type: 'boolean', description: 'snapshot all disks of a VM in one atomic operation' },
       excludeDisks: { type: 'array', items: { type: 'string', minLength: 1 }, description: 'disk targets (vdb, sdc) not to back up' },

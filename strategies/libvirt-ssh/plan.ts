@@ -16,7 +16,9 @@ export interface LibvirtSshOptions {
   /**
    * How data moves over the ssh transport (README "Data channels"): auto = the one-way stream
    * (a python3 helper on the hypervisor) for fulls, and for incrementals once 32 MiB are asked
-   * for; stream = the stream from the first read; nbd = NBD through a forwarded socket only.
+   * for, falling back to NBD when the stream cannot start (no interpreter, ssh or the helper
+   * failing before the stream began); stream = the stream from the first read, required: a
+   * stream that cannot start fails the disk; nbd = NBD through a forwarded socket only.
    */
   dataChannel: 'auto' | 'stream' | 'nbd';
   /** Interpreter of the stream helper on the hypervisor (python3; e.g. /usr/libexec/platform-python). */

@@ -25,7 +25,7 @@ import type { Extent } from '../../src/repository/extents.js';
 import { unifyLevels } from '../../src/engine/backup-vm.js';
 import type { BackupSession, BackupTarget, ConsistencyReport, DiskPlan, MetadataFile, PreviousPoint, StrategyContext } from '../../src/strategy/contract.js';
 import { connectSocketChannel, DEPTH_READ_CONTEXTS, dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, newCounters, readAllocationDepth, readDirty, readFull, type NbdDialer, type NbdSource } from '../../src/transport/nbd/index.js';
-import { DataStreams, STREAM_AFTER_BYTES, STREAM_PACING, SwitchingSource } from '../../src/transport/stream/index.js';
+import { DataStream, knownStreamFallback, STREAM_AFTER_BYTES, STREAM_PACING, SwitchingSource } from '../../src/transport/stream/index.js';
 import { runBatch, writeFileStep, type Step, type StepResult } from './batch.js';
 import { backupJobXml, checkpointForRedefine, checkpointXml, dumpCheckpoint, jobBitmapName, type JobDisk, type NbdServer } from './checkpoint-mode.js';
 import { borrowConnection, type BorrowedConnection } from './connections.js';
@@ -499,22 +499,29 @@ export class LibvirtSshSession implements BackupSession {
   /**
    * The one-way data stream for this disk's reads (src/transport/stream): a full starts it at
    * once (its SSH handshake overlaps the NBD session's), an incremental only once enough data
-   * is asked for (dataChannel auto). Undefined for netcat and dataChannel nbd.
+   * is asked for (dataChannel auto). Undefined for netcat and dataChannel nbd, and for auto
+   * when an earlier disk found no interpreter on this connection's host (`known` says why):
+   * that disk reads through NBD as before the stream (dialer and pacing), with no ssh started.
+   * dataChannel stream requires it: a stream that cannot start fails the disk.
    */
-  private streamFor(server: NbdServer, plan: DiskPlan): { streams: () => DataStreams; started: () => DataStreams | undefined; early: boolean } | undefined {
+  private streamFor(server: NbdServer, plan: DiskPlan): { stream: () => DataStream; started: () => DataStream | undefined; early: boolean } | { known: string } | undefined {
     if (server.transport !== 'unix' || this.options.dataChannel === 'nbd') return undefined;
-    let streams: DataStreams | undefined;
+    const required = this.options.dataChannel === 'stream';
+    const known = required ? undefined : knownStreamFallback(this.hv.conn, this.options.python);
+    if (known) return { known };
+    let stream: DataStream | undefined;
     return {
-      started: () => streams,
-      streams: () =>
-        (streams ??= new DataStreams(this.hv.conn, {
+      started: () => stream,
+      stream: () =>
+        (stream ??= new DataStream(this.hv.conn, {
           socket: server.socket,
           exportName: plan.key,
           interpreter: this.options.python,
+          required,
           log: this.ctx.log,
           ...(this.ctx.signal ? { signal: this.ctx.signal } : {}),
         })),
-      early: plan.level === 'full' || this.options.dataChannel === 'stream',
+      early: plan.level === 'full' || required,
     };
   }
 
@@ -532,7 +539,7 @@ export class LibvirtSshSession implements BackupSession {
     let session: NbdSession | undefined;
     let switching: SwitchingSource | undefined;
     let pidFile: string | undefined;
-    let streamOfDisk: ReturnType<typeof this.streamFor>;
+    let streamOfDisk: { started: () => DataStream | undefined } | undefined;
     try {
       let contexts: readonly string[];
       let server: NbdServer;
@@ -551,9 +558,11 @@ export class LibvirtSshSession implements BackupSession {
         await startQemuNbd(this.hv, { file, format, exportName: target, server, pidFile, allocationDepth: depth });
         contexts = depth ? DEPTH_READ_CONTEXTS : FULL_READ_CONTEXTS;
       }
-      const stream = this.streamFor(server, plan);
+      const planned = this.streamFor(server, plan);
+      const known = planned && 'known' in planned ? planned.known : undefined;
+      const stream = planned && 'stream' in planned ? planned : undefined;
       streamOfDisk = stream;
-      if (stream?.early) stream.streams();
+      if (stream?.early) stream.stream();
       session = await NbdSession.open(this.dialer(server, plan.level, stream !== undefined), {
         exportName: target,
         metaContexts: contexts,
@@ -563,7 +572,7 @@ export class LibvirtSshSession implements BackupSession {
       if (session.info.size !== plan.size) throw new UnavailableError(`${this.domainName} ${target}: the NBD export is ${session.info.size} bytes, libvirt said ${plan.size}`);
       let source: NbdSource = session;
       if (stream) {
-        switching = new SwitchingSource(session, () => stream.streams().use(plan.size), {
+        switching = new SwitchingSource(session, () => stream.stream().use(plan.size), {
           startAfterBytes: stream.early ? 0 : STREAM_AFTER_BYTES,
           firstBytesWhileStarting: 8 * 1024 * 1024,
           pacing: STREAM_PACING,
@@ -577,12 +586,10 @@ export class LibvirtSshSession implements BackupSession {
       if (plan.level === 'full') yield* readFull(source, opts);
       else if (state.mode === 'checkpoint') yield* readDirty(source, jobBitmapName(target), opts);
       else yield* readAllocationDepth(source, opts);
-      if (switching) {
-        await switching.finish();
-        const fallback = stream?.started()?.fallbackReason;
-        // The report carries the disk's reason (the engine reads plan.reason after the read).
-        if (fallback) plan.reason = `${plan.reason}; read through NBD: ${fallback}`;
-      }
+      if (switching) await switching.finish();
+      const fallback = known ?? stream?.started()?.fallbackReason;
+      // The report carries the disk's reason (the engine reads plan.reason after the read).
+      if (fallback) plan.reason = `${plan.reason}; read through NBD: ${fallback}`;
       this.ctx.log.debug(`${this.domainName} ${target}: read`, { ...counters, ...(switching ? { via: switching.served } : {}) });
       if (state.mode === 'checkpoint') {
         await session.close().catch(() => session!.destroy());
@@ -594,8 +601,8 @@ export class LibvirtSshSession implements BackupSession {
       // The stream is started before the NBD session opens (a full), so the open or the size
       // check can throw before `switching` exists: close what was started in every path, or the
       // ssh child (its own process group) and the remote helper outlive the disk and keep Node up.
-      const streams = streamOfDisk?.started();
-      const stopping = [switching?.close(), streams?.close()];
+      const started = streamOfDisk?.started();
+      const stopping = [switching?.close(), started?.close()];
       await Promise.all(stopping).catch((e: unknown) => this.ctx.log.warn(`stopping the data stream of ${target}: ${errorMessage(e)}`));
       if (session) await session.close().catch(() => session!.destroy());
       if (pidFile) await stopQemuNbd(this.hv, pidFile).catch((e: unknown) => this.ctx.log.warn(`stopping qemu-nbd of ${target}: ${errorMessage(e)}`));

@@ -234,9 +234,11 @@ export interface HelperArgs {
   interpreter?: string;
 }
 
+export const DEFAULT_INTERPRETER = 'python3';
+
 /** argv for the hypervisor (run through ssh2's exec wrapper or joined for OpenSSH). */
 export function helperArgv(a: HelperArgs): string[] {
-  return ['sh', '-c', LAUNCHER, HELPER_SCRIPT, a.interpreter ?? 'python3', a.socket, a.exportName, String(a.depth)];
+  return ['sh', '-c', LAUNCHER, HELPER_SCRIPT, a.interpreter ?? DEFAULT_INTERPRETER, a.socket, a.exportName, String(a.depth)];
 }
 
 /** The one command line an SSH exec request carries. */

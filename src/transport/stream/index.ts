@@ -6,11 +6,13 @@ import { UnavailableError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { ReadPacing } from '../nbd/channel.js';
 import type { SshConnection } from '../ssh/connection.js';
+import { DEFAULT_INTERPRETER } from './helper.js';
 import { RemoteStream, StreamUnavailableError, type RemoteStreamOptions } from './remote-stream.js';
 import type { RangeReader } from './switching-source.js';
 
 export { RemoteStream, StreamUnavailableError, type RemoteStreamOptions, type StreamCarrier } from './remote-stream.js';
 export { SwitchingSource, type RangeReader, type SwitchingOptions } from './switching-source.js';
+export { DEFAULT_INTERPRETER } from './helper.js';
 export { FrameReader, StreamProtocolError } from './frames.js';
 
 /**
@@ -26,46 +28,64 @@ export const STREAM_PACING: ReadPacing = { maxRequestBytes: 512 * 1024, maxBytes
  */
 export const STREAM_AFTER_BYTES = 32 * 1024 * 1024;
 
-export interface DataStreamsOptions extends Omit<RemoteStreamOptions, 'log' | 'signal'> {
-  /** Parallel streams (SSH connections), each carrying every n-th read (default 1). */
-  count?: number;
+export interface DataStreamOptions extends Omit<RemoteStreamOptions, 'log' | 'signal'> {
+  /**
+   * The stream was asked for (dataChannel: stream): a stream that cannot start is an error
+   * instead of a fallback to NBD.
+   */
+  required?: boolean;
   log: Logger;
   signal?: AbortSignal;
 }
 
 /**
- * One or more streams started at once (their handshakes overlap the caller's work); `use()`
- * waits for them. When the helper cannot run on the host (no python3, ssh refused the key),
- * `use()` resolves undefined and `fallbackReason` says why: the caller keeps reading through
- * NBD. Errors that must not be papered over (abort, a host key that is not the pinned one)
- * reject.
+ * Hosts (per SSH connection) known to lack an interpreter, and the reason said: each further
+ * disk of the run would start ssh and fail the same way. A WeakMap, so the memory goes with the
+ * connection (a new connection, e.g. the next run, asks again).
  */
-export class DataStreams {
-  private readonly streams: RemoteStream[];
+const missingInterpreter = new WeakMap<SshConnection, Map<string, string>>();
+
+/** Why the stream cannot run on `conn`'s host with `interpreter` (default python3), if that is known already. */
+export function knownStreamFallback(conn: SshConnection, interpreter = DEFAULT_INTERPRETER): string | undefined {
+  return missingInterpreter.get(conn)?.get(interpreter);
+}
+
+/**
+ * One stream, started at once (its handshake overlaps the caller's work); `use()` waits for it.
+ * When the helper cannot run on the host (no python3, ssh or the helper failed before the
+ * stream began), `use()` resolves undefined and `fallbackReason` says why: the caller keeps
+ * reading through NBD — unless the stream is `required`, then that rejects. Errors that must not
+ * be papered over (abort, a host key that is not the pinned one) always reject.
+ */
+export class DataStream {
+  private readonly stream: RemoteStream;
   fallbackReason: string | undefined;
 
   constructor(
-    conn: SshConnection,
-    private readonly options: DataStreamsOptions,
+    private readonly conn: SshConnection,
+    private readonly options: DataStreamOptions,
   ) {
-    const count = Math.max(1, options.count ?? 1);
-    this.streams = Array.from({ length: count }, () => RemoteStream.start(conn, options));
+    this.stream = RemoteStream.start(conn, options);
   }
 
   get description(): string {
-    return this.streams[0]!.description;
+    return this.stream.description;
   }
 
   async use(expectedSize: number): Promise<RangeReader | undefined> {
     try {
-      const sizes = await Promise.all(this.streams.map((s) => s.ready));
-      for (const size of sizes) {
-        if (size !== expectedSize) throw new UnavailableError(`${this.description}: the export is ${size} bytes through the stream, ${expectedSize} through NBD`);
-      }
-      return this.streams.length === 1 ? this.streams[0]! : new StripedReader(this.streams);
+      const size = await this.stream.ready;
+      if (size !== expectedSize) throw new UnavailableError(`${this.description}: the export is ${size} bytes through the stream, ${expectedSize} through NBD`);
+      return this.stream;
     } catch (err) {
       await this.close();
       if (!(err instanceof StreamUnavailableError)) throw err;
+      if (err.reason === 'no-interpreter') {
+        const known = missingInterpreter.get(this.conn) ?? new Map<string, string>();
+        known.set(this.options.interpreter ?? DEFAULT_INTERPRETER, err.message);
+        missingInterpreter.set(this.conn, known);
+      }
+      if (this.options.required) throw err;
       this.fallbackReason = err.message;
       // No python3 is an expected setup (debug); a helper or ssh that failed to start is worth a warning.
       const say = err.reason === 'no-interpreter' ? this.options.log.debug : this.options.log.warn;
@@ -74,38 +94,7 @@ export class DataStreams {
     }
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.streams.map((s) => s.close()));
-  }
-}
-
-/**
- * Several streams as one reader: reads go to each in turn, in runs of `stripe` reads (so each
- * helper still reads sequential ranges); each stream answers its own in order.
- */
-export class StripedReader implements RangeReader {
-  private n = 0;
-  constructor(
-    private readonly streams: RangeReader[],
-    private readonly stripe = 8,
-  ) {}
-
-  get description(): string {
-    return `${this.streams.length} × ${this.streams[0]!.description}`;
-  }
-
-  read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
-    const s = this.streams[Math.floor(this.n++ / this.stripe) % this.streams.length]!;
-    return s.read(offset, length, into);
-  }
-
-  async finish(): Promise<void> {
-    const r = await Promise.allSettled(this.streams.map((s) => s.finish()));
-    const failed = r.find((x): x is PromiseRejectedResult => x.status === 'rejected');
-    if (failed) throw failed.reason;
-  }
-
-  async close(): Promise<void> {
-    await Promise.all(this.streams.map((s) => s.close()));
+  close(): Promise<void> {
+    return this.stream.close();
   }
 }

@@ -18,7 +18,7 @@ import type { ReadPacing } from '../nbd/channel.js';
 import type { BlockStatus, ExportInfo } from '../nbd/client.js';
 import type { NbdSource } from '../nbd/session.js';
 
-/** What carries reads besides the NBD session (a RemoteStream, or several). */
+/** What carries reads besides the NBD session (a RemoteStream). */
 export interface RangeReader {
   readonly description: string;
   read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
@@ -93,14 +93,6 @@ export class SwitchingSource implements NbdSource {
         for (const q of this.queue.splice(0)) q.reject(err);
       },
     );
-  }
-
-  /** Resolves once the faster carrier is ready (true) or known unusable (false); rejects when its start failed. */
-  async whenStarted(): Promise<boolean> {
-    this.start();
-    await this.starting;
-    if (this.failure) throw this.failure as Error;
-    return this.next !== undefined;
   }
 
   /** Whether reads went (or go) to the faster carrier. */

@@ -100,13 +100,18 @@ describe('libvirt-ssh reads through the one-way data stream', () => {
     expect(await h.restoredDigest(small.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
 
     // Without the interpreter (a host without python3): NBD carries the data, the reason says why.
+    // Both disks ask for enough to start the stream; the first finds no interpreter, and the
+    // second knows it from the connection: it reads through NBD without starting ssh again.
     guestWrites(name, 0, scatteredWrites(36, MiB, 14, 8 * MiB, 60 * MiB));
+    guestWrites(name, 1, scatteredWrites(36, MiB, 15, 8 * MiB, 60 * MiB));
     const c3 = capture();
     const fallback = await h.backup('auto', { log: c3.log, options: { python: 'python3-not-installed' } });
     expect(fallback.level).toBe('incremental');
-    const vda = fallback.disks.find((d) => d.key === 'vda')!;
-    expect(vda.reason).toMatch(/; read through NBD: python3-not-installed is not installed on hv1: the one-way data stream needs it$/);
+    for (const d of fallback.disks) expect(d.reason, d.key).toMatch(/; read through NBD: python3-not-installed is not installed on hv1: the one-way data stream needs it$/);
+    expect(c3.lines.filter((l) => l.startsWith('data stream started'))).toHaveLength(1);
     expect(c3.reads.get('vda')?.nextBytes).toBe(0);
+    // The second disk read through the NBD session itself (no switching source to report carriers).
+    expect(c3.reads.get('vdb')).toBeUndefined();
     expect(c3.lines.filter((l) => l.startsWith('WARN'))).toEqual([]);
     expect(await h.restoredDigest(fallback.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
     expect(await h.restoredDigest(fallback.pointId, 'vdb')).toBe(diskDigest(env, name, 'vdb'));

@@ -15,7 +15,7 @@ import type { HypervisorConfig } from '../../../src/inventory/types.js';
 import type { Logger } from '../../../src/log.js';
 import { dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, readDirty, readFull } from '../../../src/transport/nbd/index.js';
 import { SshConnection, sshTarget } from '../../../src/transport/ssh.js';
-import { DataStreams, STREAM_PACING, SwitchingSource, type StreamCarrier } from '../../../src/transport/stream/index.js';
+import { DataStream, knownStreamFallback, STREAM_PACING, StreamUnavailableError, SwitchingSource, type StreamCarrier } from '../../../src/transport/stream/index.js';
 import { collectExtents, expectSameAsReference } from '../../helpers/extents.js';
 import { requireLab } from '../../helpers/lab.js';
 import { makeQemuDisk, MiB, startQemuNbd, type QemuDisk, type QemuNbdServer } from './qemu-fixture.js';
@@ -55,8 +55,8 @@ afterAll(async () => {
 });
 
 /** The NBD session (ssh2, block status) plus a stream started at once, as readDisk sets them up. */
-async function streamed(socket: string, contexts: readonly string[], opts: { carrier?: StreamCarrier; interpreter?: string; signal?: AbortSignal } = {}) {
-  const streams = new DataStreams(conn, {
+async function streamed(socket: string, contexts: readonly string[], opts: { carrier?: StreamCarrier; interpreter?: string; signal?: AbortSignal; waitForStream?: boolean } = {}) {
+  const streams = new DataStream(conn, {
     socket,
     exportName: '',
     log,
@@ -65,7 +65,10 @@ async function streamed(socket: string, contexts: readonly string[], opts: { car
     ...(opts.signal ? { signal: opts.signal } : {}),
   });
   const session = await NbdSession.open(conn.nbdDialer({ path: socket }, { dataChannel: 'ssh2' }), { exportName: '', metaContexts: contexts });
-  const source = new SwitchingSource(session, () => streams.use(session.info.size), { startAfterBytes: 0, firstBytesWhileStarting: 1 * MiB, pacing: STREAM_PACING });
+  // waitForStream: a small disk would be read through NBD entirely while ssh starts.
+  const ready = opts.waitForStream ? await streams.use(session.info.size) : undefined;
+  if (opts.waitForStream) expect(ready).toBeDefined();
+  const source = new SwitchingSource(session, () => (opts.waitForStream ? Promise.resolve(ready) : streams.use(session.info.size)), { startAfterBytes: 0, firstBytesWhileStarting: 1 * MiB, pacing: STREAM_PACING });
   source.start();
   return { streams, session, source };
 }
@@ -87,10 +90,9 @@ async function waitFor(cond: () => boolean, ms = 8000): Promise<void> {
 
 describe.each(['openssh', 'ssh2'] as const)('data stream through %s', (carrier) => {
   it('full read: bit-identical to the image, the data through the stream', async () => {
-    const { streams, session, source } = await streamed(server.socket, FULL_READ_CONTEXTS, { carrier });
+    // The disk holds ~5 MiB: wait for the stream, or NBD would carry it all while ssh starts.
+    const { streams, session, source } = await streamed(server.socket, FULL_READ_CONTEXTS, { carrier, waitForStream: true });
     try {
-      // The disk holds ~5 MiB: wait for the stream, or NBD would carry it all while ssh starts.
-      expect(await source.whenStarted()).toBe(true);
       const extents = await collectExtents(readFull(source, { reuseBuffers: false }));
       await source.finish();
       expectSameAsReference(extents, disk.reference);
@@ -159,10 +161,23 @@ it('without the interpreter on the host: reads fall back to NBD, bit-identical, 
     expect(streams.fallbackReason).toBe('python3-not-on-this-host is not installed on hv1: the one-way data stream needs it');
     expect(debug.some((l) => l.startsWith('data stream unavailable, reading through NBD') && l.includes('no-interpreter'))).toBe(true);
     expect(debug.some((l) => l.startsWith('WARN'))).toBe(false);
+    // Remembered for this connection and interpreter: further disks do not start ssh again.
+    expect(knownStreamFallback(conn, 'python3-not-on-this-host')).toBe(streams.fallbackReason);
+    expect(knownStreamFallback(conn)).toBeUndefined();
   } finally {
     await source.close();
     await session.close();
   }
+  await waitFor(() => processesFor(server.socket).length === 0);
+}, 60_000);
+
+it('a required stream (dataChannel: stream) that cannot start is an error, not a fallback', async () => {
+  const streams = new DataStream(conn, { socket: server.socket, exportName: '', log, interpreter: 'python3-not-here-either', required: true });
+  const err = await streams.use(disk.reference.length).catch((e: unknown) => e as Error);
+  expect(err).toBeInstanceOf(StreamUnavailableError);
+  expect((err as StreamUnavailableError).reason).toBe('no-interpreter');
+  expect(err.message).toBe('python3-not-here-either is not installed on hv1: the one-way data stream needs it');
+  expect(streams.fallbackReason).toBeUndefined();
   await waitFor(() => processesFor(server.socket).length === 0);
 }, 60_000);
 
@@ -171,9 +186,9 @@ it('a carrier that cannot be set up (no private directory for known_hosts) is st
   // os.tmpdir() follows TMPDIR: mkdtemp of the OpenSSH carrier's private directory fails.
   const saved = process.env['TMPDIR'];
   process.env['TMPDIR'] = join(scratch, 'no-such-dir');
-  let streams: DataStreams;
+  let streams: DataStream;
   try {
-    streams = new DataStreams(conn, { socket: server.socket, exportName: '', log, carrier: 'openssh' });
+    streams = new DataStream(conn, { socket: server.socket, exportName: '', log, carrier: 'openssh' });
     expect(await streams.use(disk.reference.length)).toBeUndefined();
   } finally {
     if (saved === undefined) delete process.env['TMPDIR'];
