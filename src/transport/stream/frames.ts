@@ -114,6 +114,8 @@ export class FrameReader {
   private readonly helloD = deferred<number>();
   private readonly endD = deferred<{ frames: number; bytes: number }>();
   private helloSeen = false;
+  /** Called once, when the reader fails: the carrier stops reading (see socketPair). */
+  onFailure: ((err: Error) => void) | undefined;
 
   constructor(
     /** For messages: "ssh hv1 → unix:/run/x.sock (stream)". */
@@ -218,6 +220,7 @@ export class FrameReader {
     this.head = 0;
     this.helloD.reject(err);
     this.endD.reject(err);
+    this.onFailure?.(err);
   }
 
   private onHeader(): void {

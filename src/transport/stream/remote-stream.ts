@@ -9,7 +9,7 @@
  * Carriers, like the forwarded NBD data (ssh/openssh.ts):
  * - the OpenSSH client binary (key-file auth), same trust and hardening: the host key ssh2
  *   verified, pinned in a private known_hosts; `-F none`, BatchMode, no agent, aes128-gcm
- *   first. Its stdout is a unix socket read with `onread`, straight into the destination
+ *   first. Its stdout is a loopback TCP socket read with `onread`, straight into the destination
  *   buffers (no per-read garbage, no copy in vprotect);
  * - ssh2 `execStream` otherwise (password or passphrase hosts, no binary), one copy per chunk.
  *
@@ -113,9 +113,11 @@ export class RemoteStream {
         this.carrier = carrier;
         this.scheduleFlush();
         void carrier.exited.then((e) => (this.exit = e));
-        // Frames first, then the exit status that explains an early end (stdout may still hold
-        // bytes when the process is reported gone; a stdout that never ends is given 1 s).
-        const eofOrLate = Promise.race([carrier.eof, carrier.exited.then(() => new Promise<void>((r) => setTimeout(r, 1000)))]);
+        // Frames first, then the exit status that explains an early end: stdout may still hold
+        // bytes (the END frame) when the process is reported gone. OpenSSH's stdout is our own
+        // socket, which only ssh held: it ends once every byte is read, so wait for that; an ssh2
+        // channel whose stdout never ends is given 1 s.
+        const eofOrLate = this.via === 'openssh' ? carrier.eof : Promise.race([carrier.eof, carrier.exited.then(() => new Promise<void>((r) => setTimeout(r, 1000)))]);
         void Promise.all([eofOrLate, carrier.exited]).then(([, e]) => {
           if (this.reader.failed) return;
           const why = this.exitError(e);
@@ -226,7 +228,9 @@ export class RemoteStream {
         hint: `install ${missing[1]} on the hypervisor, or set dataChannel: nbd`,
       });
     }
-    const text = `the helper ${describeExit(exit)}${lastLines(exit.stderr) ? `: ${lastLines(exit.stderr)}` : ''}`;
+    // 255 is OpenSSH's own failure (connection, authentication), not the helper's status.
+    const who = this.via === 'openssh' && exit.code === 255 ? 'ssh failed (255)' : `the helper ${describeExit(exit)}`;
+    const text = `${who}${lastLines(exit.stderr) ? `: ${lastLines(exit.stderr)}` : ''}`;
     return this.reader.outstanding === 0 && !this.helloSeen ? new StreamUnavailableError(`${this.description}: ${text}`, 'start-failed') : new UnavailableError(text);
   }
 
@@ -356,6 +360,10 @@ async function socketPair(reader: FrameReader): Promise<{ ours: Socket; theirs: 
       },
     });
     ours.on('error', (err) => reader.close(err));
+    // Once the reader failed (abort, close, a bad frame), no more reads: the socket may already
+    // hold the buffer of a read that was just rejected (the caller reuses it), and a read
+    // landing there would overwrite what the caller put in it since.
+    reader.onFailure = () => ours.destroy();
     ours.on('end', () => ours.destroy());
     await new Promise<void>((resolve, reject) => {
       ours.once('connect', resolve);

@@ -6,7 +6,7 @@
  * processes are local ones.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +15,7 @@ import type { HypervisorConfig } from '../../../src/inventory/types.js';
 import type { Logger } from '../../../src/log.js';
 import { dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, readDirty, readFull } from '../../../src/transport/nbd/index.js';
 import { SshConnection, sshTarget } from '../../../src/transport/ssh.js';
-import { DataStream, knownStreamFallback, STREAM_PACING, StreamUnavailableError, SwitchingSource, type StreamCarrier } from '../../../src/transport/stream/index.js';
+import { DataStream, knownStreamFallback, RemoteStream, STREAM_PACING, StreamUnavailableError, SwitchingSource, type StreamCarrier } from '../../../src/transport/stream/index.js';
 import { collectExtents, expectSameAsReference } from '../../helpers/extents.js';
 import { requireLab } from '../../helpers/lab.js';
 import { makeQemuDisk, MiB, startQemuNbd, type QemuDisk, type QemuNbdServer } from './qemu-fixture.js';
@@ -197,6 +197,86 @@ it('a carrier that cannot be set up (no private directory for known_hosts) is st
   expect(streams.fallbackReason).toMatch(/\(stream, openssh\): could not start: .*ENOENT/);
   expect(debug.some((l) => l.startsWith('WARN data stream unavailable, reading through NBD') && l.includes('start-failed'))).toBe(true);
 });
+
+/**
+ * An executable standing in for the OpenSSH client (opensshBinary): python3 `body` after a
+ * prelude that sends frames on stdout (our socket). It ignores ssh's arguments.
+ */
+function fakeSsh(name: string, body: string): string {
+  const file = join(scratch, name);
+  const prelude = ['#!/usr/bin/env python3', 'import os, sys, struct, time, signal', "H = struct.Struct('>IIQQ')", 'def frame(t, a, b): os.write(1, H.pack(0x56505331, t, a, b))'];
+  writeFileSync(file, [...prelude, ...body.split('\n')].join('\n') + '\n');
+  chmodSync(file, 0o755);
+  return file;
+}
+
+it('the END frame still in flight when ssh has exited is waited for (OpenSSH: until our socket ends)', async () => {
+  // ssh exits at once after the END request; a process it left holding stdout sends END 1.5 s
+  // later (as bytes still in the socket would arrive after the exit is reported).
+  const ssh = fakeSsh('ssh-late-end', [
+    'frame(1, 4096, 0)',
+    'buf = b""',
+    'while not (len(buf) >= 16 and struct.unpack(">I", buf[-16:-12])[0] == 2):',
+    '    d = os.read(0, 65536)',
+    '    if not d: sys.exit(1)',
+    '    buf += d',
+    'if os.fork() == 0:',
+    '    null = os.open("/dev/null", os.O_RDWR)',
+    '    os.dup2(null, 0); os.dup2(null, 2)',
+    '    time.sleep(1.5)',
+    '    frame(3, 0, 0)',
+    '    os._exit(0)',
+    'os._exit(0)',
+  ].join('\n'));
+  const stream = RemoteStream.start(conn, { socket: '/nonexistent.sock', exportName: '', carrier: 'openssh', opensshBinary: ssh });
+  try {
+    expect(await stream.ready).toBe(4096);
+    await stream.finish();
+  } finally {
+    await stream.close();
+  }
+}, 30_000);
+
+it('once the reader failed, nothing more lands in the buffer of a rejected read (the socket is dropped)', async () => {
+  // The hello, a data frame's header and its first 100 bytes (0x11); 300 ms later more bytes
+  // (0x22). SIGTERM is ignored, so ssh keeps writing until the SIGKILL 2 s after close().
+  const ssh = fakeSsh('ssh-late-bytes', [
+    'signal.signal(signal.SIGTERM, signal.SIG_IGN)',
+    'frame(1, 1 << 20, 0)',
+    'os.read(0, 16)',
+    'frame(2, 0, 65536)',
+    'os.write(1, b"\\x11" * 100)',
+    'time.sleep(0.3)',
+    'os.write(1, b"\\x22" * 1000)',
+    'time.sleep(10)',
+  ].join('\n'));
+  const stream = RemoteStream.start(conn, { socket: '/nonexistent.sock', exportName: '', carrier: 'openssh', opensshBinary: ssh });
+  const into = Buffer.alloc(65536, 0xee);
+  try {
+    expect(await stream.ready).toBe(1 << 20);
+    const read = stream.read(0, 65536, into);
+    await waitFor(() => into[99] === 0x11, 5000);
+    const closing = stream.close();
+    await expect(read).rejects.toThrow('was closed');
+    await closing;
+  } finally {
+    await stream.close();
+  }
+  expect(into.subarray(0, 100).every((b) => b === 0x11)).toBe(true);
+  expect(into.includes(0x22)).toBe(false);
+}, 30_000);
+
+it('an OpenSSH exit status of 255 is told as ssh failing, not the helper', async () => {
+  const ssh = fakeSsh('ssh-255', 'sys.stderr.write("ssh: connect to host hv1 port 22: Connection refused\\n")\nsys.exit(255)');
+  const stream = RemoteStream.start(conn, { socket: '/nonexistent.sock', exportName: '', carrier: 'openssh', opensshBinary: ssh });
+  try {
+    const err = await stream.ready.catch((e: unknown) => e as Error);
+    expect(err).toBeInstanceOf(StreamUnavailableError);
+    expect(err.message).toMatch(/\(stream, openssh\): ssh failed \(255\): ssh: connect to host hv1 port 22: Connection refused$/);
+  } finally {
+    await stream.close();
+  }
+}, 30_000);
 
 it.each(['openssh', 'ssh2'] as const)('abort in the middle of a read (Ctrl-C) through %s leaves no helper and no ssh process', async (carrier) => {
   const ac = new AbortController();
