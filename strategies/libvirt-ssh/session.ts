@@ -600,10 +600,13 @@ export class LibvirtSshSession implements BackupSession {
     } finally {
       // The stream is started before the NBD session opens (a full), so the open or the size
       // check can throw before `switching` exists: close what was started in every path, or the
-      // ssh child (its own process group) and the remote helper outlive the disk and keep Node up.
+      // ssh child (its own process group) and the helper run on until the NBD server goes, and
+      // the stream's private directory and abort listener are never released. Both closes are
+      // idempotent; each is waited for even when the other fails.
       const started = streamOfDisk?.started();
-      const stopping = [switching?.close(), started?.close()];
-      await Promise.all(stopping).catch((e: unknown) => this.ctx.log.warn(`stopping the data stream of ${target}: ${errorMessage(e)}`));
+      for (const r of await Promise.allSettled([switching?.close(), started?.close()])) {
+        if (r.status === 'rejected') this.ctx.log.warn(`stopping the data stream of ${target}: ${errorMessage(r.reason)}`);
+      }
       if (session) await session.close().catch(() => session!.destroy());
       if (pidFile) await stopQemuNbd(this.hv, pidFile).catch((e: unknown) => this.ctx.log.warn(`stopping qemu-nbd of ${target}: ${errorMessage(e)}`));
     }
