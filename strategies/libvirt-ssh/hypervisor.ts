@@ -32,6 +32,9 @@ const NO_BACKUP_JOB = /no domain backup job|does not have a backup job|no active
 /** domjobabort's words for "nothing to abort". */
 const NO_JOB = /no job is active|not running|no active job/i;
 
+/** The default time limit of a request to the persistent shell (what a command batch had). */
+const SHELL_TIMEOUT_MS = 300_000;
+
 type CallOptions = { timeoutMs?: number; signal?: AbortSignal | null };
 
 export class Hypervisor {
@@ -106,7 +109,9 @@ export class Hypervisor {
     if (!this.kept) return undefined;
     const started = Date.now();
     try {
-      const r = await this.kept.shell.script(script, { timeoutMs: opts.timeoutMs, signal: this.signalOf(opts) });
+      // Always a time limit: requests queue on the one shell, so a hung command would block every
+      // later one, abort's cleanup included (the limit kills the shell; the next request starts one).
+      const r = await this.kept.shell.script(script, { timeoutMs: opts.timeoutMs ?? SHELL_TIMEOUT_MS, signal: this.signalOf(opts) });
       this.log?.debug('hypervisor sh', { host: this.name, argv: argvForLog?.slice(0, 4) ?? ['script'], ms: Date.now() - started, code: r.code });
       return { code: r.code, signal: undefined, stdout: r.stdout, stderr: r.stderr };
     } catch (err) {
