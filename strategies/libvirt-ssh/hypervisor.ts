@@ -274,14 +274,16 @@ export class Hypervisor {
     ];
     const [abort, ...first] = await this.virshEach([['domjobabort', domain], ...poll], { signal: null });
     if (abort!.code !== 0 && !NO_JOB.test(abort!.stderr)) throw this.virshError(['domjobabort'], abort!);
-    const stillThere = (r: StepResult[]) => /Operation:\s+Backup/.test(r[0]!.stdout) || r[1]!.stdout.includes('<domainbackup');
-    if (!stillThere(first)) return;
+    if (backupJobGone(first)) return;
+    let last = first;
     const deadline = Date.now() + 20_000;
     for (let wait = 10; Date.now() < deadline; wait = Math.min(wait * 2, 200)) {
       await new Promise((r) => setTimeout(r, wait));
-      if (!stillThere(await this.virshEach(poll, { signal: null }))) return;
+      last = await this.virshEach(poll, { signal: null });
+      if (backupJobGone(last)) return;
     }
-    throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort`);
+    const failed = last.find((r) => r.code !== 0);
+    throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort${failed ? ` (last poll: ${failed.stderr.trim().slice(-300) || `exit status ${failed.code ?? 'unknown'}`})` : ''}`);
   }
 
   /** Creates a directory that qemu (vmUser) can create sockets and scratch files in. */
@@ -298,6 +300,17 @@ export class Hypervisor {
   async has(program: string): Promise<boolean> {
     return (await this.exec(['sh', '-c', 'command -v "$1" >/dev/null', 'sh', program], { signal: null })).code === 0;
   }
+}
+
+/**
+ * Whether a poll of [domjobinfo, backup-dumpxml] shows the backup job gone (exported for unit
+ * tests). Only an answer counts: a query that ran and shows no Backup job, or libvirt's words for
+ * "no job"; a query that failed otherwise (a lost connection, a timeout) proves nothing.
+ */
+export function backupJobGone([info, xml]: StepResult[]): boolean {
+  const infoGone = info!.code === 0 ? !/Operation:\s+Backup/.test(info!.stdout) : NO_JOB.test(info!.stderr);
+  const xmlGone = xml!.code === 0 ? !xml!.stdout.includes('<domainbackup') : NO_BACKUP_JOB.test(xml!.stderr);
+  return infoGone && xmlGone;
 }
 
 /** True when the error says the command ran and failed (as opposed to a lost connection). */
