@@ -9,7 +9,8 @@ import { UnavailableError, VprotectError, errorMessage } from '../../src/errors.
 import type { HypervisorConfig } from '../../src/inventory/types.js';
 import type { Logger } from '../../src/log.js';
 import { CommandFailedError } from '../../src/transport/command.js';
-import { describeArgv, shellJoin } from '../../src/transport/quote.js';
+import { shellJoin } from '../../src/transport/quote.js';
+import { commandFailedError } from '../../src/transport/ssh/connection.js';
 import type { ExecResult, SshConnection } from '../../src/transport/ssh.js';
 import { newBoundary, splitVirshMulti, virshMultiArgv, type StepResult } from './batch.js';
 import { PersistentShell, PersistentVirsh, ProcessLostError, ProcessStartError, virshCanCarry } from './persistent.js';
@@ -78,11 +79,7 @@ export class Hypervisor {
   /** Runs argv; a non-zero exit is a CommandFailedError with stderr. */
   async run(argv: string[], opts: { stdin?: string | Buffer } & CallOptions = {}): Promise<ExecResult> {
     const r = await this.exec(argv, opts);
-    if (r.code !== 0) {
-      const why = r.code === undefined ? `was killed by ${r.signal ?? 'a signal'}` : `failed with exit status ${r.code}`;
-      const err = r.stderr.trim();
-      throw new CommandFailedError(`${describeArgv(argv)} on ${this.name} ${why}${err ? `: ${err.slice(-2000)}` : ''}`, argv, r.code, r.stderr);
-    }
+    if (r.code !== 0) throw commandFailedError(argv, this.name, r);
     return r;
   }
 
@@ -133,15 +130,10 @@ export class Hypervisor {
    * virsh ARGS; failures become VirshError with libvirt's message. `signal: null` runs it
    * even when the run was interrupted (cleanup must still reach the hypervisor).
    */
-  async virsh(args: string[], opts: { stdin?: string } & CallOptions = {}): Promise<string> {
-    if (opts.stdin === undefined) {
-      const [r] = await this.virshEach([args], opts);
-      if (r!.code !== 0) throw this.virshError(args, r!);
-      return r!.stdout;
-    }
-    const r = await this.exec(this.virshArgv(args), { timeoutMs: 120_000, ...opts });
-    if (r.code !== 0) throw this.virshError(args, r);
-    return r.stdout;
+  async virsh(args: string[], opts: CallOptions = {}): Promise<string> {
+    const [r] = await this.virshEach([args], opts);
+    if (r!.code !== 0) throw this.virshError(args, r!);
+    return r!.stdout;
   }
 
   /**
@@ -235,13 +227,6 @@ export class Hypervisor {
 
   async checkpointNames(domain: string): Promise<string[]> {
     return (await this.virsh(['checkpoint-list', domain, '--name'], { signal: null })).split('\n').map((s) => s.trim()).filter(Boolean);
-  }
-
-  /** The running block job of the domain, as `virsh domjobinfo` names it ("Backup", …), or undefined. */
-  async activeJob(domain: string): Promise<string | undefined> {
-    const out = await this.virsh(['domjobinfo', domain], { signal: null });
-    if (/Job type:\s+None/.test(out)) return undefined;
-    return /Operation:\s+(.+)/.exec(out)?.[1]?.trim() ?? 'unknown';
   }
 
   /** The running backup job's XML, or undefined when none runs. */

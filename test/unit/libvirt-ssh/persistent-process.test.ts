@@ -100,6 +100,15 @@ describe('the persistent virsh probe', () => {
 });
 
 describe('the persistent shell process', () => {
+  it('a command whose shell was lost fails saying so (not "killed by a signal"): whether it ran is unknown', async () => {
+    const hv = new Hypervisor(fakeConn('sh', ['-s']) as unknown as SshConnection, { name: 'hv1' } as never);
+    hv.keepProcesses();
+    // $$ in the request's subshell is the persistent shell itself.
+    const pid = (await hv.shellScript('echo $$'))!.stdout.trim();
+    await expect(hv.run(['kill', '-9', pid])).rejects.toThrow(/^kill -9 \d+ on hv1 was lost without an exit status \(whether it ran is unknown\): the persistent shell was lost before it answered/);
+    await hv.closeProcesses();
+  });
+
   it('close() while a request (without a time limit) is pending: the request fails as lost, it does not wait forever', async () => {
     const shell = new PersistentShell(fakeConn('sh', ['-s']) as unknown as SshConnection, undefined);
     expect((await shell.exec(['echo', 'up'])).stdout).toBe('up\n');
