@@ -17,12 +17,18 @@
  *     an `error:` line. A final line of markers ends the request: a line virsh
  *     could not parse (nothing of it ran) loses only its own markers, it cannot hang the reply.
  *     virsh flushes stdout after each command (measured: replies arrive while stdin stays open).
+ *     `echo --split`/`--err` are checked once when virsh starts (probeVirsh, 10 s): a virsh
+ *     without them would never print a marker, so the run then uses one exec per call.
  *   shell (`sh -s`): each script runs in a subshell `( … ) </dev/null`, so `exit` in it ends only
  *     the subshell and nothing in it can read the following scripts; then the subshell's status
  *     and a marker are printed on stdout and a marker on stderr.
+ * Each request first prints a start marker (virsh: on stderr; its stdout markers are per command)
+ * and is parsed from there on; output while no request waits is dropped: a background job or a
+ * daemon holding the shell's stderr cannot slip text into another command's reply.
  *
  * Requests run one at a time per process (a queue). A timeout or an abort kills the process (the
- * reply could no longer be told from the next one); the next request starts a new one.
+ * reply could no longer be told from the next one); the next request starts a new one. A reply
+ * is capped at 64 MiB like an exec's output.
  */
 import { StringDecoder } from 'node:string_decoder';
 import { InterruptedError, UnavailableError, VprotectError } from '../../src/errors.js';
