@@ -121,6 +121,8 @@ class PersistentProcess {
    * with ProcessLostError: it never waits forever.
    */
   async close(graceMs = 2_000): Promise<void> {
+    // Requests queued behind a hung one must not start a process nobody would close: they go to an exec.
+    this.unusable ??= new ProcessStartError(`the persistent ${this.what} was closed`);
     if (!this.running) return;
     await raceTimeout(this.queue, graceMs);
     const run = this.running;

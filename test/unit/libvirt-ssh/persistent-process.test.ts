@@ -110,10 +110,16 @@ describe('the persistent shell process', () => {
   });
 
   it('close() while a request (without a time limit) is pending: the request fails as lost, it does not wait forever', async () => {
-    const shell = new PersistentShell(fakeConn('sh', ['-s']) as unknown as SshConnection, undefined);
+    const conn = fakeConn('sh', ['-s']);
+    const shell = new PersistentShell(conn as unknown as SshConnection, undefined);
     expect((await shell.exec(['echo', 'up'])).stdout).toBe('up\n');
     const pending = shell.exec(['sleep', '30']);
     const settled = pending.then(
+      () => 'resolved',
+      (e: unknown) => e,
+    );
+    // Queued behind it: after close() it must not start a new shell that nobody would close.
+    const queued = shell.exec(['echo', 'late']).then(
       () => 'resolved',
       (e: unknown) => e,
     );
@@ -124,6 +130,8 @@ describe('the persistent shell process', () => {
     expect(r).toBeInstanceOf(ProcessLostError);
     expect(String(r)).toMatch(/lost before it answered: whether the command ran is unknown/);
     expect(Date.now() - started).toBeLessThan(2_000);
+    expect(await queued).toBeInstanceOf(ProcessStartError);
+    expect(conn.starts).toBe(1);
   });
 
   it('output printed between requests (a background job) does not land in the next reply', async () => {
