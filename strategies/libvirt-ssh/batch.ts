@@ -8,9 +8,8 @@
  * The script is built only from argv arrays joined with shellJoin (src/transport/quote.ts) —
  * data (journal JSON, XML, paths, names) never becomes code. Each command's exit status,
  * stdout and stderr come back separately, framed by a random boundary no output can forge.
- *   sequence: one after the other; the first failure that is not `mayFail` stops the rest
- *             (a journal write that failed must stop the change it announces);
- *   parallel: all at once (independent queries), every one runs.
+ * Steps run one after the other; the first failure that is not `mayFail` stops the rest (a
+ * journal write that failed must stop the change it announces).
  */
 import { randomBytes } from 'node:crypto';
 import { UnavailableError } from '../../src/errors.js';
@@ -42,20 +41,13 @@ export function writeFileStep(path: string, content: string, mode: '0600' | '064
 }
 
 /** The script; exported for unit tests. */
-export function batchScript(steps: readonly Step[], boundary: string, parallel: boolean): string {
+export function batchScript(steps: readonly Step[], boundary: string): string {
   const lines = ['t=$(mktemp -d) || exit 111', "trap 'rm -rf \"$t\"' EXIT"];
-  const report = (i: number, code: string) => `printf '\\n${boundary} ${i} %s\\n' ${code}; cat "$t/${i}.o"; printf '\\n${boundary} e\\n'; cat "$t/${i}.e"`;
-  if (parallel) {
-    steps.forEach((s, i) => lines.push(`( ${shellJoin(s.argv)} >"$t/${i}.o" 2>"$t/${i}.e" </dev/null; echo $? >"$t/${i}.c" ) &`));
-    lines.push('wait');
-    steps.forEach((_, i) => lines.push(report(i, `"$(cat "$t/${i}.c")"`)));
-  } else {
-    steps.forEach((s, i) => {
-      lines.push(`${shellJoin(s.argv)} >"$t/${i}.o" 2>"$t/${i}.e" </dev/null; c=$?`);
-      lines.push(report(i, '"$c"'));
-      if (!s.mayFail) lines.push('[ "$c" -eq 0 ] || exit 0');
-    });
-  }
+  steps.forEach((s, i) => {
+    lines.push(`${shellJoin(s.argv)} >"$t/${i}.o" 2>"$t/${i}.e" </dev/null; c=$?`);
+    lines.push(`printf '\\n${boundary} ${i} %s\\n' "$c"; cat "$t/${i}.o"; printf '\\n${boundary} e\\n'; cat "$t/${i}.e"`);
+    if (!s.mayFail) lines.push('[ "$c" -eq 0 ] || exit 0');
+  });
   return lines.join('\n');
 }
 
@@ -116,29 +108,26 @@ export function parseBatch(out: string, boundary: string, count: number): StepRe
  * one exec. A batch too large for one command line (it never is for journals and checkpoint
  * XML) runs step by step there, with the same semantics.
  */
-export async function runBatch(hv: Hypervisor, steps: readonly Step[], opts: { parallel?: boolean; timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<StepResult[]> {
+export async function runBatch(hv: Hypervisor, steps: readonly Step[], opts: { timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<StepResult[]> {
   if (steps.length === 0) return [];
   const boundary = newBoundary();
   const execOpts = { timeoutMs: opts.timeoutMs ?? 300_000, ...(opts.signal !== undefined ? { signal: opts.signal } : {}) };
-  if (!opts.parallel) {
-    const r = await hv.shellScript(inlineBatchScript(steps, boundary), execOpts);
-    if (r) {
-      if (r.code !== 0) throw new UnavailableError(`a command batch on ${hv.name} failed${r.code === undefined ? ' (no exit status)' : ` with exit status ${r.code}`}: ${r.stderr.trim().slice(-500)}`);
-      return parseInlineBatch(r.stdout, r.stderr, boundary, steps.length);
-    }
+  const inline = await hv.shellScript(inlineBatchScript(steps, boundary), execOpts);
+  if (inline) {
+    if (inline.code !== 0) throw new UnavailableError(`a command batch on ${hv.name} failed${inline.code === undefined ? ' (no exit status)' : ` with exit status ${inline.code}`}: ${inline.stderr.trim().slice(-500)}`);
+    return parseInlineBatch(inline.stdout, inline.stderr, boundary, steps.length);
   }
-  const script = batchScript(steps, boundary, opts.parallel ?? false);
-  let r = opts.parallel ? await hv.shellScript(script, execOpts) : undefined;
-  if (!r && script.length > MAX_SCRIPT) {
+  const script = batchScript(steps, boundary);
+  if (script.length > MAX_SCRIPT) {
     const out: StepResult[] = steps.map(() => ({ code: undefined, stdout: '', stderr: '' }));
     for (const [i, s] of steps.entries()) {
       const r = await hv.exec(s.argv, execOpts);
       out[i] = { code: r.code, stdout: r.stdout, stderr: r.stderr };
-      if (r.code !== 0 && !s.mayFail && !opts.parallel) break;
+      if (r.code !== 0 && !s.mayFail) break;
     }
     return out;
   }
-  r ??= await hv.exec(['sh', '-c', script], execOpts);
+  const r = await hv.exec(['sh', '-c', script], execOpts);
   if (r.code !== 0) throw new UnavailableError(`a command batch on ${hv.name} failed${r.code === undefined ? ` (${r.signal ?? 'no exit status'})` : ` with exit status ${r.code}`}: ${r.stderr.trim().slice(-500)}`);
   return parseBatch(r.stdout, boundary, steps.length);
 }

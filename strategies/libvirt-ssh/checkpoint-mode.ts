@@ -15,7 +15,6 @@
  */
 import { attr, child, children, el, parseXml, removeChildren, serializeXml, textOf } from './xml.js';
 import type { Hypervisor } from './hypervisor.js';
-import { VirshError } from './hypervisor.js';
 
 export type NbdServer = { transport: 'unix'; socket: string } | { transport: 'tcp'; host: string; port: number };
 
@@ -94,13 +93,11 @@ export async function dumpCheckpoint(hv: Hypervisor, domain: string, name: strin
  * bitmaps stay in the images for the next run to redefine it). An absent one is fine.
  */
 export async function deleteCheckpoint(hv: Hypervisor, domain: string, name: string, opts: { metadataOnly?: boolean } = {}): Promise<void> {
-  try {
-    await hv.virsh(['checkpoint-delete', domain, name, ...(opts.metadataOnly ? ['--metadata'] : [])], { signal: null });
-  } catch (err) {
-    if (err instanceof VirshError && /not found|no domain checkpoint/i.test(err.stderr)) return;
-    throw err;
-  }
+  await deleteCheckpoints(hv, domain, [{ name, metadataOnly: opts.metadataOnly ?? false }]);
 }
+
+/** checkpoint-delete's words for an absent checkpoint. */
+const NO_CHECKPOINT = /not found|no domain checkpoint/i;
 
 /**
  * Deletes several checkpoints in order, in one round trip (`deleteCheckpoint` each); absent
@@ -110,7 +107,7 @@ export async function deleteCheckpoints(hv: Hypervisor, domain: string, list: re
   const commands = list.map((d) => ['checkpoint-delete', domain, d.name, ...(d.metadataOnly ? ['--metadata'] : [])]);
   const results = await hv.virshEach(commands, { signal: null });
   results.forEach((r, i) => {
-    if (r.code === 0 || /not found|no domain checkpoint/i.test(r.stderr)) return;
+    if (r.code === 0 || NO_CHECKPOINT.test(r.stderr)) return;
     throw hv.virshError(commands[i]!, r);
   });
 }

@@ -9,7 +9,8 @@ import { UnavailableError, VprotectError, errorMessage } from '../../src/errors.
 import type { HypervisorConfig } from '../../src/inventory/types.js';
 import type { Logger } from '../../src/log.js';
 import { CommandFailedError } from '../../src/transport/command.js';
-import { describeArgv, shellJoin } from '../../src/transport/quote.js';
+import { shellJoin } from '../../src/transport/quote.js';
+import { commandFailedError } from '../../src/transport/ssh/connection.js';
 import type { ExecResult, SshConnection } from '../../src/transport/ssh.js';
 import { newBoundary, splitVirshMulti, virshMultiArgv, type StepResult } from './batch.js';
 import { PersistentShell, PersistentVirsh, ProcessLostError, ProcessStartError, virshCanCarry } from './persistent.js';
@@ -31,6 +32,9 @@ const QUERIES = new Set(['domstate', 'dumpxml', 'list', 'checkpoint-list', 'chec
 const NO_BACKUP_JOB = /no domain backup job|does not have a backup job|no active backup|job id not found|not running|domain is not running/i;
 /** domjobabort's words for "nothing to abort". */
 const NO_JOB = /no job is active|not running|no active job/i;
+
+/** The default time limit of a request to the persistent shell (what a command batch had). */
+const SHELL_TIMEOUT_MS = 300_000;
 
 type CallOptions = { timeoutMs?: number; signal?: AbortSignal | null };
 
@@ -75,11 +79,7 @@ export class Hypervisor {
   /** Runs argv; a non-zero exit is a CommandFailedError with stderr. */
   async run(argv: string[], opts: { stdin?: string | Buffer } & CallOptions = {}): Promise<ExecResult> {
     const r = await this.exec(argv, opts);
-    if (r.code !== 0) {
-      const why = r.code === undefined ? `was killed by ${r.signal ?? 'a signal'}` : `failed with exit status ${r.code}`;
-      const err = r.stderr.trim();
-      throw new CommandFailedError(`${describeArgv(argv)} on ${this.name} ${why}${err ? `: ${err.slice(-2000)}` : ''}`, argv, r.code, r.stderr);
-    }
+    if (r.code !== 0) throw commandFailedError(argv, this.name, r);
     return r;
   }
 
@@ -106,7 +106,9 @@ export class Hypervisor {
     if (!this.kept) return undefined;
     const started = Date.now();
     try {
-      const r = await this.kept.shell.script(script, { timeoutMs: opts.timeoutMs, signal: this.signalOf(opts) });
+      // Always a time limit: requests queue on the one shell, so a hung command would block every
+      // later one, abort's cleanup included (the limit kills the shell; the next request starts one).
+      const r = await this.kept.shell.script(script, { timeoutMs: opts.timeoutMs ?? SHELL_TIMEOUT_MS, signal: this.signalOf(opts) });
       this.log?.debug('hypervisor sh', { host: this.name, argv: argvForLog?.slice(0, 4) ?? ['script'], ms: Date.now() - started, code: r.code });
       return { code: r.code, signal: undefined, stdout: r.stdout, stderr: r.stderr };
     } catch (err) {
@@ -128,15 +130,10 @@ export class Hypervisor {
    * virsh ARGS; failures become VirshError with libvirt's message. `signal: null` runs it
    * even when the run was interrupted (cleanup must still reach the hypervisor).
    */
-  async virsh(args: string[], opts: { stdin?: string } & CallOptions = {}): Promise<string> {
-    if (opts.stdin === undefined) {
-      const [r] = await this.virshEach([args], opts);
-      if (r!.code !== 0) throw this.virshError(args, r!);
-      return r!.stdout;
-    }
-    const r = await this.exec(this.virshArgv(args), { timeoutMs: 120_000, ...opts });
-    if (r.code !== 0) throw this.virshError(args, r);
-    return r.stdout;
+  async virsh(args: string[], opts: CallOptions = {}): Promise<string> {
+    const [r] = await this.virshEach([args], opts);
+    if (r!.code !== 0) throw this.virshError(args, r!);
+    return r!.stdout;
   }
 
   /**
@@ -232,13 +229,6 @@ export class Hypervisor {
     return (await this.virsh(['checkpoint-list', domain, '--name'], { signal: null })).split('\n').map((s) => s.trim()).filter(Boolean);
   }
 
-  /** The running block job of the domain, as `virsh domjobinfo` names it ("Backup", …), or undefined. */
-  async activeJob(domain: string): Promise<string | undefined> {
-    const out = await this.virsh(['domjobinfo', domain], { signal: null });
-    if (/Job type:\s+None/.test(out)) return undefined;
-    return /Operation:\s+(.+)/.exec(out)?.[1]?.trim() ?? 'unknown';
-  }
-
   /** The running backup job's XML, or undefined when none runs. */
   async backupJobXml(domain: string): Promise<string | undefined> {
     try {
@@ -269,14 +259,16 @@ export class Hypervisor {
     ];
     const [abort, ...first] = await this.virshEach([['domjobabort', domain], ...poll], { signal: null });
     if (abort!.code !== 0 && !NO_JOB.test(abort!.stderr)) throw this.virshError(['domjobabort'], abort!);
-    const stillThere = (r: StepResult[]) => /Operation:\s+Backup/.test(r[0]!.stdout) || r[1]!.stdout.includes('<domainbackup');
-    if (!stillThere(first)) return;
+    if (backupJobGone(first)) return;
+    let last = first;
     const deadline = Date.now() + 20_000;
     for (let wait = 10; Date.now() < deadline; wait = Math.min(wait * 2, 200)) {
       await new Promise((r) => setTimeout(r, wait));
-      if (!stillThere(await this.virshEach(poll, { signal: null }))) return;
+      last = await this.virshEach(poll, { signal: null });
+      if (backupJobGone(last)) return;
     }
-    throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort`);
+    const failed = last.find((r) => r.code !== 0);
+    throw new UnavailableError(`the backup job of ${domain} on ${this.name} did not end within 20 s of domjobabort${failed ? ` (last poll: ${failed.stderr.trim().slice(-300) || `exit status ${failed.code ?? 'unknown'}`})` : ''}`);
   }
 
   /** Creates a directory that qemu (vmUser) can create sockets and scratch files in. */
@@ -293,6 +285,17 @@ export class Hypervisor {
   async has(program: string): Promise<boolean> {
     return (await this.exec(['sh', '-c', 'command -v "$1" >/dev/null', 'sh', program], { signal: null })).code === 0;
   }
+}
+
+/**
+ * Whether a poll of [domjobinfo, backup-dumpxml] shows the backup job gone (exported for unit
+ * tests). Only an answer counts: a query that ran and shows no Backup job, or libvirt's words for
+ * "no job"; a query that failed otherwise (a lost connection, a timeout) proves nothing.
+ */
+export function backupJobGone([info, xml]: StepResult[]): boolean {
+  const infoGone = info!.code === 0 ? !/Operation:\s+Backup/.test(info!.stdout) : NO_JOB.test(info!.stderr);
+  const xmlGone = xml!.code === 0 ? !xml!.stdout.includes('<domainbackup') : NO_BACKUP_JOB.test(xml!.stderr);
+  return infoGone && xmlGone;
 }
 
 /** True when the error says the command ran and failed (as opposed to a lost connection). */

@@ -17,12 +17,18 @@
  *     an `error:` line. A final line of markers ends the request: a line virsh
  *     could not parse (nothing of it ran) loses only its own markers, it cannot hang the reply.
  *     virsh flushes stdout after each command (measured: replies arrive while stdin stays open).
+ *     `echo --split`/`--err` are checked once when virsh starts (probeVirsh, 10 s): a virsh
+ *     without them would never print a marker, so the run then uses one exec per call.
  *   shell (`sh -s`): each script runs in a subshell `( … ) </dev/null`, so `exit` in it ends only
  *     the subshell and nothing in it can read the following scripts; then the subshell's status
  *     and a marker are printed on stdout and a marker on stderr.
+ * Each request first prints a start marker (virsh: on stderr; its stdout markers are per command)
+ * and is parsed from there on; output while no request waits is dropped: a background job or a
+ * daemon holding the shell's stderr cannot slip text into another command's reply.
  *
  * Requests run one at a time per process (a queue). A timeout or an abort kills the process (the
- * reply could no longer be told from the next one); the next request starts a new one.
+ * reply could no longer be told from the next one); the next request starts a new one. A reply
+ * is capped at 64 MiB like an exec's output.
  */
 import { StringDecoder } from 'node:string_decoder';
 import { InterruptedError, UnavailableError, VprotectError } from '../../src/errors.js';
@@ -42,42 +48,103 @@ export class ProcessLostError extends UnavailableError {}
 /** The process could not be started: nothing of the request was sent. */
 export class ProcessStartError extends UnavailableError {}
 
+/** The most output one reply may carry, as an exec's (ssh DEFAULT_MAX_OUTPUT): beyond it the process is stopped. */
+const MAX_REPLY = 64 * 1024 * 1024;
+/** How much earlier output complete() sees again with a new piece: more than any marker (a marker may straddle two pieces). */
+const OVERLAP = 256;
+
+/** The output of one stream of a request, kept in pieces (joined once, at the end). */
+class Collected {
+  private parts: string[] = [];
+  length = 0;
+  /** The last OVERLAP characters. */
+  private tail = '';
+
+  /** Adds a piece; returns the text where a marker completed by it lies (the tail before it and the piece). */
+  add(text: string): string {
+    this.parts.push(text);
+    this.length += text.length;
+    const window = this.tail + text;
+    this.tail = window.slice(-OVERLAP);
+    return window;
+  }
+
+  text(): string {
+    return this.parts.join('');
+  }
+}
+
+/** A running process and the output of its current request. */
+interface Running {
+  proc: RemoteProcess;
+  out: Collected;
+  err: Collected;
+  /** The process has ended (or was stopped). */
+  ended: boolean;
+  /** Set while a request waits: gets each new piece of output (with the overlap before it; '' for the other stream), and is called with ('', '') when the process ends. */
+  wake: ((out: string, err: string) => void) | undefined;
+}
+
+/**
+ * Checks a reply for completeness, piece by piece: it is given only the new text of each stream
+ * (with OVERLAP characters before it), so checking costs what arrived, not the whole reply again
+ * — a 64 MiB reply in 32 KiB pieces would be rescanned 2,000 times. It remembers what it saw.
+ */
+export type Complete = (out: string, err: string) => boolean;
+
 /** A process that reads requests on stdin and answers on stdout/stderr, one request at a time. */
 class PersistentProcess {
-  private proc: RemoteProcess | undefined;
-  private out = '';
-  private err = '';
-  /** Called on every piece of output and when the process ends. */
-  private wake: (() => void) | undefined;
+  private running: Running | undefined;
   private queue: Promise<unknown> = Promise.resolve();
+  /** Why the process cannot serve this run (its start or probe failed): every request fails fast with it. */
+  private unusable: ProcessStartError | undefined;
 
   constructor(
     private readonly conn: SshConnection,
     private readonly argv: string[],
     readonly what: string,
     private readonly log: Logger | undefined,
+    /** Checks a new process understands the framing; throws if not (the process is then not used for the run). */
+    private readonly probe?: (request: (input: string, complete: Complete, opts: RequestOptions) => Promise<{ out: string; err: string }>) => Promise<void>,
   ) {}
 
-  /** Runs one request: writes `input`, resolves with all output once `complete` says it is there. */
-  request(input: string, complete: (out: string, err: string) => boolean, opts: RequestOptions): Promise<{ out: string; err: string }> {
+  /** Runs one request: writes `input`, resolves with its output once `complete` says it is there. */
+  request(input: string, complete: Complete, opts: RequestOptions): Promise<{ out: string; err: string }> {
     const run = this.queue.then(() => this.requestNow(input, complete, opts));
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  /** Ends stdin (the process exits on EOF); kills it if it has not exited within `graceMs`. */
+  /**
+   * Lets the request in flight finish (within `graceMs`), then ends stdin (the process exits on
+   * EOF) and kills it if it has not exited within `graceMs`. A request still pending then fails
+   * with ProcessLostError: it never waits forever.
+   */
   async close(graceMs = 2_000): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    this.proc = undefined;
-    proc.stdin.end();
-    let timer: NodeJS.Timeout | undefined;
-    const exited = await Promise.race([proc.done.then(() => true, () => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs)))]);
-    clearTimeout(timer);
-    if (!exited) proc.kill();
+    // Requests queued behind a hung one must not start a process nobody would close: they go to an exec.
+    this.unusable ??= new ProcessStartError(`the persistent ${this.what} was closed`);
+    if (!this.running) return;
+    await raceTimeout(this.queue, graceMs);
+    const run = this.running;
+    if (!run) return;
+    this.running = undefined;
+    run.proc.stdin.end();
+    const exited = await raceTimeout(run.proc.done.then(() => true, () => true), graceMs);
+    if (!exited) run.proc.kill();
+    this.lose(run);
   }
 
-  private async start(): Promise<RemoteProcess> {
+  /** Marks the process gone and wakes its request (which then fails as lost). */
+  private lose(run: Running): void {
+    if (this.running === run) this.running = undefined;
+    if (run.ended) return;
+    run.ended = true;
+    this.log?.debug(`persistent ${this.what} ended`);
+    run.wake?.('', '');
+  }
+
+  private async start(): Promise<Running> {
+    if (this.unusable) throw this.unusable;
     let proc: RemoteProcess;
     try {
       // No signal: the process outlives a request that was interrupted (cleanup still needs it).
@@ -85,65 +152,92 @@ class PersistentProcess {
     } catch (err) {
       throw new ProcessStartError(`could not start the persistent ${this.what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
-    this.out = '';
-    this.err = '';
+    const run: Running = { proc, out: new Collected(), err: new Collected(), ended: false, wake: undefined };
     const decoder = new StringDecoder('utf8');
+    // The handlers keep filling `run` after it stopped being this.running (close, a timeout):
+    // its pending request still learns that the process ended.
+    // Output while no request waits (a background job's, a late warning) is dropped: it is no reply's.
     proc.stdout.on('data', (d: Buffer) => {
-      if (this.proc !== proc) return;
-      this.out += decoder.write(d);
-      this.wake?.();
+      const text = decoder.write(d);
+      if (run.wake) run.wake(run.out.add(text), '');
     });
     proc.onStderr((text) => {
-      if (this.proc !== proc) return;
-      this.err += text;
-      this.wake?.();
+      if (run.wake) run.wake('', run.err.add(text));
     });
     proc.stdin.on('error', () => undefined);
-    const ended = () => {
-      if (this.proc !== proc) return;
-      this.proc = undefined;
-      this.log?.debug(`persistent ${this.what} ended`);
-      this.wake?.();
-    };
+    const ended = () => this.lose(run);
     proc.done.then(ended, ended);
-    this.proc = proc;
+    this.running = run;
     this.log?.debug(`persistent ${this.what} started`);
-    return proc;
+    if (this.probe) {
+      try {
+        await this.probe((input, complete, opts) => this.send(run, input, complete, opts));
+      } catch (err) {
+        this.stop(run);
+        // Remembered: every later call of the run goes to one exec each without waiting again.
+        this.unusable = new ProcessStartError(`the persistent ${this.what} does not answer as expected (${err instanceof Error ? err.message : String(err)})`, { cause: err });
+        throw this.unusable;
+      }
+    }
+    return run;
   }
 
-  private async requestNow(input: string, complete: (out: string, err: string) => boolean, opts: RequestOptions): Promise<{ out: string; err: string }> {
+  private stop(run: Running): void {
+    if (this.running === run) this.running = undefined;
+    if (!run.ended) run.proc.kill();
+    this.lose(run);
+  }
+
+  private async requestNow(input: string, complete: Complete, opts: RequestOptions): Promise<{ out: string; err: string }> {
     if (opts.signal?.aborted) throw abortReason(opts.signal);
-    const proc = this.proc ?? (await this.start());
+    const run = this.running ?? (await this.start());
+    // Ctrl-C while the process started: nothing was sent yet, the process stays for cleanup.
+    if (opts.signal?.aborted) throw abortReason(opts.signal);
+    return this.send(run, input, complete, opts);
+  }
+
+  private send(run: Running, input: string, complete: Complete, opts: RequestOptions): Promise<{ out: string; err: string }> {
     return new Promise((resolve, reject) => {
       let timer: NodeJS.Timeout | undefined;
       const finish = (err: Error | undefined, reply?: { out: string; err: string }) => {
-        this.wake = undefined;
+        run.wake = undefined;
         clearTimeout(timer);
         opts.signal?.removeEventListener('abort', onAbort);
         if (err) reject(err);
         else resolve(reply!);
       };
+      // A timeout or an abort stops the process: its late reply could not be told from the next one's.
       const stop = (err: Error) => {
-        if (this.proc === proc) this.proc = undefined;
-        proc.kill();
         finish(err);
+        this.stop(run);
       };
       const onAbort = () => stop(abortReason(opts.signal!));
       if (opts.timeoutMs) timer = setTimeout(() => stop(new UnavailableError(`the persistent ${this.what} did not answer within ${opts.timeoutMs} ms and was stopped`)), opts.timeoutMs);
       opts.signal?.addEventListener('abort', onAbort, { once: true });
-      this.wake = () => {
-        if (complete(this.out, this.err)) {
-          const reply = { out: this.out, err: this.err };
-          this.out = '';
-          this.err = '';
-          finish(undefined, reply);
-        } else if (this.proc !== proc) {
-          finish(new ProcessLostError(`the persistent ${this.what} ended before it answered${this.err.trim() ? `: ${this.err.trim().slice(-300)}` : ''}`));
+      // Output printed between requests (a background job, a late warning) is not this reply's:
+      // the buffers start empty, and parsers read only after the request's own start marker.
+      run.out = new Collected();
+      run.err = new Collected();
+      run.wake = (out, err) => {
+        if (run.out.length + run.err.length > MAX_REPLY) return stop(new UnavailableError(`the persistent ${this.what} printed more than ${MAX_REPLY} bytes for one request and was stopped`));
+        if (complete(out, err)) finish(undefined, { out: run.out.text(), err: run.err.text() });
+        else if (run.ended) {
+          const said = run.err.text().trim();
+          finish(new ProcessLostError(`the persistent ${this.what} was lost before it answered: whether the command ran is unknown${said ? ` (${said.slice(-300)})` : ''}`));
         }
       };
-      proc.stdin.write(input);
+      if (run.ended) return run.wake('', '');
+      run.proc.stdin.write(input);
     });
   }
+}
+
+/** True when `p` settled within `ms`, false otherwise. */
+async function raceTimeout(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const settled = await Promise.race([p.then(() => true, () => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)))]);
+  clearTimeout(timer);
+  return settled;
 }
 
 function abortReason(signal: AbortSignal): Error {
@@ -158,13 +252,22 @@ export function virshCanCarry(commands: readonly string[][]): boolean {
 
 /** The input lines of one virsh request (exported for unit tests). */
 export function virshRequest(commands: readonly string[][], boundary: string): string {
-  const lines = commands.map((c, i) => `echo --err ${boundary}-s${i} ; echo --split ${boundary},,s${i} ; ${c.map(shellQuote).join(' ')} ; echo --split ${boundary},,e${i} ; echo --err ${boundary}-e${i}`);
+  // The first line marks where this request's stderr begins (anything before is not its own).
+  const lines = [`echo --err ${boundary}-go`];
+  lines.push(...commands.map((c, i) => `echo --err ${boundary}-s${i} ; echo --split ${boundary},,s${i} ; ${c.map(shellQuote).join(' ')} ; echo --split ${boundary},,e${i} ; echo --err ${boundary}-e${i}`));
   lines.push(`echo --split ${boundary},,done ; echo --err ${boundary}-done`);
   return `${lines.join('\n')}\n`;
 }
 
-export function virshReplyComplete(out: string, err: string, boundary: string): boolean {
-  return out.includes(`${boundary},done\n`) && err.includes(`error: ${boundary}-done\n`);
+/** A Complete for one virsh request: both final markers arrived (each remembered once seen). */
+export function virshReplyComplete(boundary: string): Complete {
+  let outDone = false;
+  let errDone = false;
+  return (out, err) => {
+    outDone ||= out.includes(`${boundary},done\n`);
+    errDone ||= err.includes(`error: ${boundary}-done\n`);
+    return outDone && errDone;
+  };
 }
 
 /**
@@ -179,7 +282,7 @@ export function parseVirshReply(out: string, err: string, boundary: string, coun
     return at < 0 ? undefined : { at, end: at + mark.length };
   };
   const results: StepResult[] = [];
-  let cursor = 0;
+  let cursor = find(`error: ${boundary}-go\n`, 0)?.end ?? 0;
   for (let i = 0; i < count; i++) {
     const begin = find(`error: ${boundary}-s${i}\n`, cursor);
     const end = begin && find(`error: ${boundary}-e${i}\n`, begin.end);
@@ -201,37 +304,83 @@ export function parseVirshReply(out: string, err: string, boundary: string, coun
   return results;
 }
 
+/** How long a new virsh may take to show it frames replies: a virsh without them would hang every request until its time limit. */
+const PROBE_MS = 10_000;
+
+/**
+ * Checks that a new virsh has `echo --split` and `echo --err` (the framing; a virsh that lacks
+ * them never prints the markers). Three lines, so that an option virsh rejects loses only its
+ * own line; the last one (`echo` with adjacent quotes, so that the echoed input line does not
+ * hold the text it prints) ends the reply in every virsh.
+ */
+export async function probeVirsh(request: (input: string, complete: Complete, opts: RequestOptions) => Promise<{ out: string; err: string }>): Promise<void> {
+  const b = newBoundary();
+  const input = `echo --split ${b},,a\necho --err ${b}-x\necho '${b}-pro''bed'\n`;
+  // Either the marker or virsh's complaint about the option comes on stderr: wait for a whole line of it.
+  let outDone = false;
+  let errLine = false;
+  const complete: Complete = (o, e) => {
+    // No newline: virsh's plain `echo` prints none when stdin is not a tty (measured, libvirt 10).
+    outDone ||= o.includes(`${b}-probed`);
+    errLine ||= e.includes('\n');
+    return outDone && errLine;
+  };
+  const { out, err } = await request(input, complete, { timeoutMs: PROBE_MS });
+  if (!out.includes(`${b},a\n`)) throw new UnavailableError(`no \`echo --split\` (libvirt older than the framing needs)${err.trim() ? `: ${err.trim().slice(-300)}` : ''}`);
+  if (!err.includes(`error: ${b}-x\n`)) throw new UnavailableError(`no \`echo --err\`${err.trim() ? `: ${err.trim().slice(-300)}` : ''}`);
+}
+
 /** One `virsh -q [-c URI]` for the whole run. */
 export class PersistentVirsh {
   private readonly process: PersistentProcess;
 
   constructor(conn: SshConnection, virshArgv: string[], log: Logger | undefined) {
-    this.process = new PersistentProcess(conn, virshArgv, 'virsh', log);
+    this.process = new PersistentProcess(conn, virshArgv, 'virsh', log, probeVirsh);
   }
 
   /** Runs the commands in order (virsh goes on after a failure); one result per command. */
   async run(commands: readonly string[][], opts: RequestOptions = {}): Promise<StepResult[]> {
     const boundary = newBoundary();
-    const { out, err } = await this.process.request(virshRequest(commands, boundary), (o, e) => virshReplyComplete(o, e, boundary), opts);
+    const { out, err } = await this.process.request(virshRequest(commands, boundary), virshReplyComplete(boundary), opts);
     return parseVirshReply(out, err, boundary, commands.length);
   }
 
-  close(): Promise<void> {
-    return this.process.close();
+  /** Ends the process after the request in flight (each wait at most `graceMs`). */
+  close(graceMs?: number): Promise<void> {
+    return this.process.close(graceMs);
   }
 }
 
 /** The text written to the shell for one script (exported for unit tests). */
 export function shellRequest(script: string, boundary: string): string {
-  return `(\n${script}\n) </dev/null\nprintf '\\n%s %s\\n' ${boundary}-end "$?"; printf '%s\\n' ${boundary}-end >&2\n`;
+  // The start markers: output printed before them (a background job of an earlier script) is not this reply's.
+  return `printf '%s\\n' ${boundary}-go; printf '%s\\n' ${boundary}-go >&2\n(\n${script}\n) </dev/null\nprintf '\\n%s %s\\n' ${boundary}-end "$?"; printf '%s\\n' ${boundary}-end >&2\n`;
+}
+
+/** A Complete for one shell request: both end markers arrived (each remembered once seen). */
+export function shellReplyComplete(boundary: string): Complete {
+  const endOut = new RegExp(`\\n${boundary}-end \\d+\\n`);
+  let outDone = false;
+  let errDone = false;
+  return (out, err) => {
+    outDone ||= endOut.test(out);
+    errDone ||= err.includes(`${boundary}-end\n`);
+    return outDone && errDone;
+  };
 }
 
 /** The script's stdout, stderr and status once both end markers arrived, else undefined (exported for unit tests). */
 export function parseShellReply(out: string, err: string, boundary: string): StepResult | undefined {
-  const m = new RegExp(`\\n${boundary}-end (\\d+)\\n`).exec(out);
-  const e = err.indexOf(`${boundary}-end\n`);
-  if (!m || e < 0) return undefined;
-  return { code: Number(m[1]), stdout: out.slice(0, m.index), stderr: err.slice(0, e) };
+  const go = `${boundary}-go\n`;
+  const so = out.indexOf(go);
+  const se = err.indexOf(go);
+  if (so < 0 || se < 0) return undefined;
+  const m = new RegExp(`\\n${boundary}-end (\\d+)\\n`, 'g');
+  m.lastIndex = so;
+  const end = m.exec(out);
+  const e = err.indexOf(`${boundary}-end\n`, se);
+  if (!end || e < 0) return undefined;
+  return { code: Number(end[1]), stdout: out.slice(so + go.length, end.index), stderr: err.slice(se + go.length, e) };
 }
 
 /** One `sh -s` for the whole run: scripts and single commands. */
@@ -245,8 +394,10 @@ export class PersistentShell {
   /** Runs a script (built from shellJoin'd argv only) in a subshell; its status, stdout and stderr. */
   async script(script: string, opts: RequestOptions = {}): Promise<StepResult> {
     const boundary = newBoundary();
-    const { out, err } = await this.process.request(shellRequest(script, boundary), (o, e) => parseShellReply(o, e, boundary) !== undefined, opts);
-    return parseShellReply(out, err, boundary)!;
+    const { out, err } = await this.process.request(shellRequest(script, boundary), shellReplyComplete(boundary), opts);
+    const r = parseShellReply(out, err, boundary);
+    if (!r) throw new UnavailableError(`garbled output of the persistent shell (no start marker): ${err.trim().slice(-300)}`);
+    return r;
   }
 
   /** Runs one command (argv, quoted: data never becomes code). */
@@ -254,7 +405,8 @@ export class PersistentShell {
     return this.script(shellJoin(argv), opts);
   }
 
-  close(): Promise<void> {
-    return this.process.close();
+  /** Ends the process after the request in flight (each wait at most `graceMs`). */
+  close(graceMs?: number): Promise<void> {
+    return this.process.close(graceMs);
   }
 }

@@ -33,8 +33,22 @@ export function qemuNbdArgv(r: QemuNbdRequest): string[] {
   ];
 }
 
+/** The log of a qemu-nbd: next to its pid file in the run directory. */
+export function qemuNbdLog(r: Pick<QemuNbdRequest, 'pidFile'>): string {
+  return `${r.pidFile.replace(/\.pid$/, '')}.log`;
+}
+
+/**
+ * The daemon keeps the stdout/stderr it was started with: the persistent shell's, where its
+ * later warnings would land in another command's reply. Its output goes to a log file instead;
+ * when the start fails, the log is printed on stderr (the error quotes qemu-nbd's own words).
+ */
+export function startQemuNbdArgv(r: QemuNbdRequest): string[] {
+  return ['sh', '-c', 'l=$1; shift; "$@" >"$l" 2>&1 </dev/null && exit 0; s=$?; cat "$l" >&2; exit $s', 'sh', qemuNbdLog(r), ...qemuNbdArgv(r)];
+}
+
 export async function startQemuNbd(hv: Hypervisor, r: QemuNbdRequest): Promise<void> {
-  await hv.run(qemuNbdArgv(r), { timeoutMs: 60_000 });
+  await hv.run(startQemuNbdArgv(r), { timeoutMs: 60_000 });
 }
 
 /** Stops a qemu-nbd started by startQemuNbd; a missing pid file or process is fine. */

@@ -625,9 +625,10 @@ export class LibvirtSshSession implements BackupSession {
    */
   private endJobEarly(): void {
     if (this.jobEnding) return;
-    // The job is this session's own (its backup-begin succeeded and a domain runs one job at a
-    // time), so no backup-dumpxml round trip first to recognise it, as recovery needs.
-    this.jobEnding = this.hv.abortJob(this.domainName).then(
+    // Only a job that is still our own (its XML names the run directory) is aborted: by now ours
+    // may have ended, and domjobabort would abort whatever job runs instead (a migration, a save,
+    // Nova's). The backup-dumpxml that tells costs one round trip in the persistent virsh.
+    this.jobEnding = this.hv.endOwnBackupJob(this.domainName, this.runDir).then(
       () => {
         this.journal.job = false;
       },

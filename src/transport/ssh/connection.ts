@@ -96,6 +96,16 @@ const PREFERRED_CIPHER = 'aes128-gcm@openssh.com';
 const DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024;
 const STDERR_KEEP = 64 * 1024;
 
+/**
+ * The error of a command on `host` that did not exit 0 (shared by every runner of argv). Without
+ * exit status or signal the channel (or the persistent shell) was lost: whether it ran is unknown.
+ */
+export function commandFailedError(argv: readonly string[], host: string, r: Pick<ExecResult, 'code' | 'signal' | 'stderr'>): CommandFailedError {
+  const why = r.code !== undefined ? `failed with exit status ${r.code}` : r.signal ? `was killed by ${r.signal}` : 'was lost without an exit status (whether it ran is unknown)';
+  const err = r.stderr.trim();
+  return new CommandFailedError(`${describeArgv(argv)} on ${host} ${why}${err ? `: ${err.slice(-2000)}` : ''}`, argv, r.code, r.stderr);
+}
+
 export class SshConnection {
   private closed = false;
   private lost: Error | undefined;
@@ -259,11 +269,7 @@ export class SshConnection {
   /** Like exec, but a non-zero exit status is an error carrying the command's stderr. */
   async run(argv: readonly string[], options: ExecOptions = {}): Promise<ExecResult> {
     const r = await this.exec(argv, options);
-    if (r.code !== 0) {
-      const why = r.code === undefined ? `was killed by ${r.signal ?? 'a signal'}` : `failed with exit status ${r.code}`;
-      const err = r.stderr.trim();
-      throw new CommandFailedError(`${describeArgv(argv)} on ${this.target.name} ${why}${err ? `: ${err.slice(-2000)}` : ''}`, argv, r.code, r.stderr);
-    }
+    if (r.code !== 0) throw commandFailedError(argv, this.target.name, r);
     return r;
   }
 

@@ -2,7 +2,7 @@
  * Command batches (one SSH exec for a phase's commands): the script is run here by a real
  * /bin/sh, so what is tested is what a hypervisor's shell does with it — argv kept exactly
  * (quotes, newlines, `$(…)` in data stay data), each step's status/stdout/stderr apart, a
- * sequence stopping at its first failure, parallel steps all running.
+ * sequence stopping at its first failure.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
@@ -13,8 +13,8 @@ import { join } from 'node:path';
 
 const B = '@@vprotect-0123456789abcdef01234567';
 
-function run(steps: Step[], parallel = false) {
-  const out = execFileSync('sh', ['-c', batchScript(steps, B, parallel)], { encoding: 'utf8' });
+function run(steps: Step[]) {
+  const out = execFileSync('sh', ['-c', batchScript(steps, B)], { encoding: 'utf8' });
   return parseBatch(out, B, steps.length);
 }
 
@@ -33,15 +33,6 @@ describe('command batches', () => {
     expect(r.map((x) => x.code)).toEqual([0, 2, undefined]);
     expect(r[1]!.stderr).toBe('no\n');
     expect(r[2]!.stdout).toBe('');
-  });
-
-  it('parallel steps all run, each with its own result', () => {
-    const r = run([{ argv: ['sh', '-c', 'sleep 0.2; echo a'] }, { argv: ['false'] }, { argv: ['echo', 'c'] }], true);
-    expect(r).toEqual([
-      { code: 0, stdout: 'a\n', stderr: '' },
-      { code: 1, stdout: '', stderr: '' },
-      { code: 0, stdout: 'c\n', stderr: '' },
-    ]);
   });
 
   it('writes files atomically with their mode, content byte for byte', () => {

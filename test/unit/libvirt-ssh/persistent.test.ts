@@ -8,7 +8,7 @@
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inlineBatchScript, parseInlineBatch, writeFileStep } from '../../../strategies/libvirt-ssh/batch.js';
-import { parseShellReply, parseVirshReply, shellRequest, virshCanCarry, virshReplyComplete, virshRequest } from '../../../strategies/libvirt-ssh/persistent.js';
+import { type Complete, parseShellReply, parseVirshReply, shellReplyComplete, shellRequest, virshCanCarry, virshReplyComplete, virshRequest } from '../../../strategies/libvirt-ssh/persistent.js';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,7 +28,7 @@ class Interactive {
     this.proc.stderr.on('data', (d: Buffer) => ((this.err += d.toString()), this.wake?.()));
   }
 
-  ask(input: string, complete: (out: string, err: string) => boolean): Promise<{ out: string; err: string }> {
+  ask(input: string, complete: Complete): Promise<{ out: string; err: string }> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`no complete answer within 20 s; got ${JSON.stringify({ out: this.out, err: this.err }).slice(0, 2000)}`)), 20_000);
       this.wake = () => {
@@ -50,7 +50,7 @@ const hasVirsh = spawnSync('virsh', ['-q', '-c', 'test:///default', 'list', '--a
 describe.skipIf(!hasVirsh)('the persistent virsh (virsh -q, stdin a pipe)', () => {
   let virsh: Interactive;
   const ask = async (commands: string[][], boundary = B) => {
-    const { out, err } = await virsh.ask(virshRequest(commands, boundary), (o, e) => virshReplyComplete(o, e, boundary));
+    const { out, err } = await virsh.ask(virshRequest(commands, boundary), virshReplyComplete(boundary));
     return parseVirshReply(out, err, boundary, commands.length);
   };
   beforeAll(() => {
@@ -106,7 +106,7 @@ describe('the persistent shell (sh -s, stdin a pipe)', () => {
   let sh: Interactive;
   let dir: string;
   const script = async (text: string, boundary = B) => {
-    const { out, err } = await sh.ask(shellRequest(text, boundary), (o, e) => parseShellReply(o, e, boundary) !== undefined);
+    const { out, err } = await sh.ask(shellRequest(text, boundary), shellReplyComplete(boundary));
     return parseShellReply(out, err, boundary)!;
   };
   const batch = async (steps: Parameters<typeof inlineBatchScript>[0]) => {
