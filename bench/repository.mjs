@@ -22,6 +22,10 @@
  * 512 MiB data, median of 3 at load ~6 on 2 cores: cp 0.52 s, write 1.01 s (0.52×), restore
  * 1.51 s (0.35×), peak RSS 93/99 MiB, CPU 1.6/2.1 s against cp's 0.2 s (the sha256 of every
  * block is most of the gap); at load 11 write 0.29×, restore 0.24×.
+ * Then data files went around the page cache (O_DIRECT, src/repository/direct-io.ts). Same
+ * minutes, load ~2, one run each, buffered vs direct alternating: write 2.08–2.35 s (CPU
+ * 2.8–3.2 s) vs 1.43–1.58 s (CPU 1.6 s); restore 2.03–2.25 s (CPU 2.5 s) vs 1.52–1.60 s (CPU
+ * 1.5 s); cp 0.50–0.54 s.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
