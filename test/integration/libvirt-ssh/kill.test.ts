@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupSession, DiskPlan, Strategy } from '../../../src/strategy/contract.js';
 import type { Extent } from '../../../src/repository/extents.js';
 import strategy from '../../../strategies/libvirt-ssh/index.js';
+import { withRead } from '../../helpers/strategy.js';
 import { silentLogger } from '../../../src/log.js';
 import { checkpointForRedefine } from '../../../strategies/libvirt-ssh/checkpoint-mode.js';
 import { createDomain, destroyDomain, diskDigest, expectOnlyNewestBitmap, guestWrites, harness, hypervisorState, KiB, labEnv, MiB, scatteredWrites, sh, virsh, type Harness, type LabEnv } from './fixture.js';
@@ -118,29 +119,14 @@ describe('killed and interrupted runs', () => {
     guestWrites(name, 1, [`write -P 0x66 ${12 * MiB} ${4 * MiB}`]);
     const ac = new AbortController();
     let extents = 0;
-    const interrupting: Strategy = {
-      name: 'libvirt-ssh',
-      async open(target, ctx) {
-        const s = await strategy.open(target, ctx);
-        return {
-          ...s,
-          plan: (r) => s.plan(r),
-          snapshot: (p) => s.snapshot(p),
-          sourceAnchor: (p) => s.sourceAnchor(p),
-          metadata: () => s.metadata(),
-          commit: () => s.commit(),
-          abort: (r) => s.abort(r),
-          close: () => s.close(),
-          read: (plan) =>
-            (async function* () {
-              for await (const e of s.read(plan)) {
-                yield e;
-                if (plan.key === 'vdb' && ++extents === 2) ac.abort();
-              }
-            })(),
-        };
-      },
-    };
+    const interrupting = withRead(strategy, (s, plan) =>
+      (async function* () {
+        for await (const e of s.read(plan)) {
+          yield e;
+          if (plan.key === 'vdb' && ++extents === 2) ac.abort();
+        }
+      })(),
+    );
     await expect(h.backup('auto', { strategy: interrupting, signal: ac.signal })).rejects.toThrow(/interrupted/);
     await expectTidy(h);
     const next = await h.backup('auto');

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../../src/log.js';
 import type { Strategy } from '../../../src/strategy/contract.js';
 import libvirtSsh from '../../../strategies/libvirt-ssh/index.js';
+import { withRead } from '../../helpers/strategy.js';
 import { createDomain, destroyDomain, diskDigest, guestWrites, harness, labEnv, MiB, scatteredWrites, type LabEnv } from '../libvirt-ssh/fixture.js';
 
 let env: LabEnv;
@@ -122,23 +123,7 @@ describe('libvirt-ssh reads through the one-way data stream', () => {
     const h = await harness(env, leaky);
     // The plan says 512 bytes more than the export: the size check after NbdSession.open throws,
     // after the full has already started its stream.
-    const lying: Strategy = {
-      ...libvirtSsh,
-      async open(target, ctx) {
-        const s = await libvirtSsh.open(target, ctx);
-        return {
-          ...s,
-          plan: (r) => s.plan(r),
-          snapshot: (p) => s.snapshot(p),
-          sourceAnchor: (p) => s.sourceAnchor(p),
-          metadata: () => s.metadata(),
-          commit: () => s.commit(),
-          abort: (r) => s.abort(r),
-          close: () => s.close(),
-          read: (plan) => s.read({ ...plan, size: plan.size + 512 }),
-        };
-      },
-    };
+    const lying = withRead(libvirtSsh, (s, plan) => s.read({ ...plan, size: plan.size + 512 }));
     const c = capture();
     await expect(h.backup('full', { log: c.log, strategy: lying })).rejects.toThrow(/the NBD export is \d+ bytes, libvirt said/);
     // The debug line of each started stream names its NBD socket (a path in this run's directory)
