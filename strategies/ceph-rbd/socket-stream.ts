@@ -1,5 +1,5 @@
 /**
- * A local command's stdout read through a Unix socket into reused buffers, with read-ahead.
+ * A local command's stdout read through a socket into reused buffers, with read-ahead.
  *
  * Why not a child pipe: Node reads a child's stdout 64 KiB at a time, each read into a freshly
  * allocated buffer that the garbage collector frees later. For `rbd export-diff` of 1 GiB that is
@@ -11,15 +11,13 @@
  * Contract of the chunks: a chunk's bytes are valid until the consumer asks for the next chunk
  * (then its slab may be refilled). A consumer that keeps bytes longer copies them.
  *
- * The socket lives in a private directory (mode 0700, removed as soon as the command has its
- * end), so no other user can connect in between and receive the command's output.
+ * The socket pair is src/transport/socket-pair.ts (loopback TCP; only our own connection is
+ * accepted, so no other local user receives the command's output).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, connect, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import type { Socket } from 'node:net';
 import { UnavailableError } from '../../src/errors.js';
 import { spawnWithStdout } from '../../src/transport/command.js';
+import { stdoutSocketPair } from '../../src/transport/socket-pair.js';
 import { BufferPool } from '../../src/util/buffer-pool.js';
 import type { StreamingExec } from './exec.js';
 
@@ -169,66 +167,35 @@ export class SlabReader {
  * `readAhead` bounds the bytes read but not yet consumed.
  */
 export async function streamThroughSocket(argv: readonly string[], opts: { signal?: AbortSignal; readAhead: number; slabBytes?: number }): Promise<StreamingExec & { reader: SlabReader }> {
-  const dir = await mkdtemp(join(tmpdir(), 'vprotect-out-'));
-  const server = createServer();
+  const reader = new SlabReader(opts.readAhead, opts.slabBytes);
+  let theirs: Socket;
   try {
-    const path = join(dir, 'stdout');
-    await listen(server, path);
-    const reader = new SlabReader(opts.readAhead, opts.slabBytes);
-    const accepted = new Promise<Socket>((resolve, reject) => {
-      server.once('connection', resolve);
-      server.once('error', reject);
-    });
-    const ours = connect({ path, onread: { buffer: reader.nextBuffer, callback: reader.onRead } });
-    reader.attach(ours);
-    const connected = new Promise<void>((resolve, reject) => {
-      ours.once('connect', resolve);
-      ours.once('error', reject);
-    });
-    let theirs: Socket;
-    try {
-      [theirs] = await Promise.all([accepted, connected]);
-    } catch (err) {
-      reader.close();
-      throw err;
-    }
-    // No second connection: only our uid can reach the 0700 directory, and we connected first.
-    server.close();
-    let command: ReturnType<typeof spawnWithStdout>;
-    try {
-      command = spawnWithStdout(argv, theirs, opts.signal ? { signal: opts.signal } : {});
-    } catch (err) {
-      reader.close();
-      throw err;
-    } finally {
-      // The child has its own copy of the descriptor; ours would keep the stream open after it exits.
-      theirs.destroy();
-    }
-    const done = command.done.then(() => undefined);
-    // Observed by the caller; an unobserved failure (a killed read nobody waits for) must not crash.
-    done.catch(() => {});
-    return {
-      stdout: reader.chunks(),
-      reusesBuffers: true,
-      done,
-      kill: () => {
-        command.kill();
-        reader.close();
-      },
-      reader,
-    };
-  } finally {
-    server.close();
-    await rm(dir, { recursive: true, force: true });
+    ({ theirs } = await stdoutSocketPair({ buffer: reader.nextBuffer, callback: reader.onRead }, (ours) => reader.attach(ours)));
+  } catch (err) {
+    reader.close();
+    throw err;
   }
-}
-
-function listen(server: Server, path: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  let command: ReturnType<typeof spawnWithStdout>;
+  try {
+    command = spawnWithStdout(argv, theirs, opts.signal ? { signal: opts.signal } : {});
+  } catch (err) {
+    reader.close();
+    throw err;
+  } finally {
+    // The child has its own copy of the descriptor; ours would keep the stream open after it exits.
+    theirs.destroy();
+  }
+  const done = command.done.then(() => undefined);
+  // Observed by the caller; an unobserved failure (a killed read nobody waits for) must not crash.
+  done.catch(() => {});
+  return {
+    stdout: reader.chunks(),
+    reusesBuffers: true,
+    done,
+    kill: () => {
+      command.kill();
+      reader.close();
+    },
+    reader,
+  };
 }

@@ -20,7 +20,7 @@ import type { NbdDialer } from '../nbd/session.js';
 import { describeArgv, shellJoin } from '../quote.js';
 import { Semaphore } from '../semaphore.js';
 import { hostKeyError, type HostKeyPolicy, type HostKeyVerdict } from './host-keys.js';
-import { OpenSshForward, OpenSshSetupError, opensshUnusableReason, type DataChannelMode } from './openssh.js';
+import { OpenSshForward, OpenSshSetupError, opensshUnusableReason, type DataChannelMode, type OpenSshOptions, type OpenSshTarget } from './openssh.js';
 
 const { Client, utils } = ssh2;
 
@@ -355,29 +355,32 @@ export class SshConnection {
     return this.opensshUnusable ? { via: 'ssh2', reason: this.opensshUnusable } : { via: 'openssh' };
   }
 
-  private newForward(remotePath: string): OpenSshForward {
+  /**
+   * What an OpenSSH client process of this connection runs with: the target with the host key
+   * ssh2 verified (pinned), and the inventory's binary, start timeout and keepalives. Used by the
+   * `-L` data channel and the one-way data stream (src/transport/stream), so both stay alike.
+   */
+  opensshSettings(): { target: OpenSshTarget; options: Omit<OpenSshOptions, 'log' | 'signal'> } {
     const t = this.target;
-    const forward = new OpenSshForward(
-      {
-        where: this.where,
-        name: t.name,
-        host: t.host,
-        port: t.port,
-        username: t.username,
-        keyFile: t.keyFile!,
-        hostKey: this.hostKey,
-        ciphers: this.options.ciphers ?? [PREFERRED_CIPHER],
-      },
-      remotePath,
-      {
+    if (!t.keyFile) throw new UnavailableError(`${this.where}: OpenSSH needs a key file`);
+    return {
+      target: { where: this.where, name: t.name, host: t.host, port: t.port, username: t.username, keyFile: t.keyFile, hostKey: this.hostKey, ciphers: this.options.ciphers ?? [PREFERRED_CIPHER] },
+      options: {
         ...(this.options.opensshBinary ? { binary: this.options.opensshBinary } : {}),
         ...(this.options.connectTimeoutMs ? { startTimeoutMs: this.options.connectTimeoutMs } : {}),
         ...(this.options.keepaliveIntervalMs ? { keepaliveIntervalMs: this.options.keepaliveIntervalMs } : {}),
         ...(this.options.keepaliveCountMax ? { keepaliveCountMax: this.options.keepaliveCountMax } : {}),
-        ...(this.options.log ? { log: this.options.log } : {}),
-        ...(this.options.signal ? { signal: this.options.signal } : {}),
       },
-    );
+    };
+  }
+
+  private newForward(remotePath: string): OpenSshForward {
+    const { target, options } = this.opensshSettings();
+    const forward = new OpenSshForward(target, remotePath, {
+      ...options,
+      ...(this.options.log ? { log: this.options.log } : {}),
+      ...(this.options.signal ? { signal: this.options.signal } : {}),
+    });
     this.forwards.add(forward);
     return forward;
   }

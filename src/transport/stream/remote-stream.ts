@@ -22,12 +22,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuthError, errorMessage, InterruptedError, UnavailableError, VprotectError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { SshConnection } from '../ssh/connection.js';
+import { stdoutSocketPair } from '../socket-pair.js';
 import { DEFAULT_OPENSSH_BINARY, hardenedSshArgs, hostKeyRefusal, PINNED_HOST_ALIAS, writePinnedKnownHosts } from '../ssh/openssh.js';
 import { encodeRequest, FrameReader, REQUEST_BYTES, RequestType, StreamUnavailableError } from './frames.js';
 import { helperArgv, helperCommandLine, NO_INTERPRETER, type HelperArgs } from './helper.js';
@@ -278,11 +279,12 @@ export class RemoteStream {
     try {
       const knownHosts = join(dir, 'known_hosts');
       writePinnedKnownHosts(knownHosts, conn.hostKey);
-      const target = { where: conn.where, name: t.name, host: t.host, port: t.port, username: t.username, keyFile: t.keyFile, hostKey: conn.hostKey, ciphers: ['aes128-gcm@openssh.com'] };
-      const argv = [...hardenedSshArgs(target, knownHosts, this.options.startTimeoutMs ? { startTimeoutMs: this.options.startTimeoutMs } : {}), '--', PINNED_HOST_ALIAS, helperCommandLine(args)];
+      const { target, options } = conn.opensshSettings();
+      const startTimeoutMs = this.options.startTimeoutMs ?? options.startTimeoutMs;
+      const argv = [...hardenedSshArgs(target, knownHosts, { ...options, ...(startTimeoutMs ? { startTimeoutMs } : {}) }), '--', PINNED_HOST_ALIAS, helperCommandLine(args)];
       const pair = await socketPair(this.reader);
       ours = pair.ours;
-      const c = spawn(this.options.opensshBinary ?? DEFAULT_OPENSSH_BINARY, argv, { stdio: ['pipe', pair.theirs, 'pipe'], detached: true });
+      const c = spawn(this.options.opensshBinary ?? options.binary ?? DEFAULT_OPENSSH_BINARY, argv, { stdio: ['pipe', pair.theirs, 'pipe'], detached: true });
       child = c;
       // The child has its own copy of the descriptor; ours would keep the stream open after it exits.
       pair.theirs.destroy();
@@ -320,75 +322,23 @@ export class RemoteStream {
   }
 }
 
-/**
- * A connected pair of loopback TCP sockets: `ours` reads with `onread` into the frame reader's
- * targets, `theirs` becomes ssh's stdout.
- *
- * Why TCP and not a unix socket or a pipe: ssh writes its stdout with non-blocking writes and
- * waits for room between them; a unix socket's ~208 KiB buffer made it wait (and re-window the
- * channel) so often that `ssh cat` into a reading process took 6.3–8.3 s for 256 MiB where the
- * same into /dev/null took 2.6–3.7 s (load 12). Loopback TCP grows its buffers (autotuning, up to
- * MiBs): 3.5–3.9 s, as fast as /dev/null.
- *
- * Only the connection whose far end is our own socket is accepted (its port is checked), so
- * another local user connecting to the port in between receives nothing and is refused; the
- * listener closes as soon as the pair exists.
- */
-async function socketPair(reader: FrameReader): Promise<{ ours: Socket; theirs: Socket }> {
-  const server: Server = createServer();
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve());
-    });
-    const port = (server.address() as { port: number }).port;
-    const accepted: Socket[] = [];
-    let wake: (() => void) | undefined;
-    server.on('connection', (s: Socket) => {
-      accepted.push(s);
-      wake?.();
-    });
-    const ours = connect({
-      host: '127.0.0.1',
-      port,
-      onread: {
-        buffer: reader.target,
-        callback: (n: number) => {
-          reader.advance(n);
-          return true;
-        },
-      },
-    });
+/** ssh's stdout as a socket read into the frame reader's targets (src/transport/socket-pair.ts). */
+function socketPair(reader: FrameReader): Promise<{ ours: Socket; theirs: Socket }> {
+  const onread = {
+    buffer: reader.target,
+    callback: (n: number) => {
+      reader.advance(n);
+      return true;
+    },
+  };
+  return stdoutSocketPair(onread, (ours) => {
     ours.on('error', (err) => reader.close(err));
     // Once the reader failed (abort, close, a bad frame), no more reads: the socket may already
     // hold the buffer of a read that was just rejected (the caller reuses it), and a read
     // landing there would overwrite what the caller put in it since.
     reader.onFailure = () => ours.destroy();
     ours.on('end', () => ours.destroy());
-    await new Promise<void>((resolve, reject) => {
-      ours.once('connect', resolve);
-      ours.once('error', reject);
-    });
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      let mine: Socket | undefined;
-      for (const s of accepted.splice(0)) {
-        if (!mine && s.remotePort === ours.localPort && s.remoteAddress === ours.localAddress) mine = s;
-        else s.destroy();
-      }
-      if (mine) return { ours, theirs: mine };
-      if (Date.now() > deadline) {
-        ours.destroy();
-        throw new UnavailableError('the local end of the data stream was not accepted within 5 s');
-      }
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-        setTimeout(resolve, 50);
-      });
-    }
-  } finally {
-    server.close();
-  }
+  });
 }
 
 function describeExit(e: Exit): string {
