@@ -27,3 +27,17 @@ export function patternBytes(n: number, seed: number): Buffer {
   for (let i = 0; i < n; i++) b[i] = 1 + ((i * 131 + seed * 7919) % 255);
   return b;
 }
+
+/** Whether files in `dir` can be opened with O_DIRECT (tmpfs before Linux 6.6 cannot). */
+export async function acceptsODirect(dir: string): Promise<boolean> {
+  const { constants, open, rm } = await import('node:fs/promises');
+  const path = `${dir}/.odirect-probe`;
+  try {
+    await (await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_DIRECT)).close();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await rm(path, { force: true });
+  }
+}
