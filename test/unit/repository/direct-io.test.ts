@@ -83,6 +83,11 @@ describe('page-aligned buffers and DataFile', () => {
     await writeFile(path, content);
     const reader = await DirectReader.open(path);
     try {
+      if (!(await acceptsODirect(dir))) {
+        // Without O_DIRECT it declines everything and the caller reads the ordinary way.
+        expect(await reader.readAligned(0, 4096, pageAlignedBuffer(4096, false)!)).toBeUndefined();
+        return;
+      }
       const into = pageAlignedBuffer(4 * 4096, false)!;
       expect((await reader.readAligned(4096, 8192, into))!.equals(content.subarray(4096, 3 * 4096))).toBe(true);
       // The last block: asked for its exact length, the file ends inside the page.
