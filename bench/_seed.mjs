@@ -22,3 +22,11 @@ export function writeHalfRandomImage(path, { sizeMiB = 2048, bootable = false } 
     closeSync(fd);
   }
 }
+
+/**
+ * Extra node arguments for the measured child processes, from VPROTECT_BENCH_NODE_ARGS (for
+ * example `--cpu-prof --cpu-prof-dir=/tmp/prof`, which NODE_OPTIONS refuses).
+ */
+export function childNodeArgs() {
+  return (process.env.VPROTECT_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+}

@@ -19,7 +19,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { writeHalfRandomImage } from './_seed.mjs';
+import { childNodeArgs, writeHalfRandomImage } from './_seed.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const LAB = process.env.VPROTECT_LAB ?? '/tmp/vprotect-lab';
@@ -92,7 +92,7 @@ function timedRbd(...a) {
   return { seconds, maxRssKiB: rss, cpuS: user + sys };
 }
 function child(...a) {
-  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', ...a], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...childNodeArgs(), fileURLToPath(import.meta.url), '--child', ...a], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`child ${a[0]} failed: ${r.stderr}`);
   if (r.stderr.trim()) process.stderr.write(r.stderr);
   return JSON.parse(r.stdout.trim().split('\n').at(-1));

@@ -18,7 +18,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, w
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { writeHalfRandomImage } from './_seed.mjs';
+import { childNodeArgs, writeHalfRandomImage } from './_seed.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const LAB = process.env.VPROTECT_LAB ?? '/tmp/vprotect-lab';
@@ -76,7 +76,7 @@ function timed(cmd, a, opts = {}) {
   return { seconds, maxRssKiB: Number(r.stderr.trim().split('\n').at(-1)) };
 }
 function child(...a) {
-  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', ...a], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [...childNodeArgs(), fileURLToPath(import.meta.url), '--child', ...a], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`vprotect ${a.join(' ')} failed: ${r.stderr}`);
   if (r.stderr.trim()) process.stderr.write(r.stderr);
   return JSON.parse(r.stdout.trim().split('\n').at(-1));

@@ -33,6 +33,7 @@ import { closeSync, mkdtempSync, openSync, rmSync, writeSync, ftruncateSync, sta
 import { availableParallelism, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { childNodeArgs } from './_seed.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = (p) => pathToFileURL(join(root, 'dist', 'src', 'repository', p)).href;
@@ -123,7 +124,7 @@ try {
     const repoDir = join(work, `repo-${i}`);
     const out = join(work, `out-${name}-${i}.raw`);
     if (name === 'restore') rmSync(out, { force: true });
-    const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', name, image, repoDir, out], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [...childNodeArgs(), fileURLToPath(import.meta.url), '--child', name, image, repoDir, out], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`${name} failed: ${r.stderr}`);
     rmSync(out, { force: true });
     return JSON.parse(r.stdout.trim().split('\n').at(-1));
