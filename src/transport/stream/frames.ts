@@ -116,6 +116,8 @@ export class FrameReader {
   private helloSeen = false;
   /** Called once, when the reader fails: the carrier stops reading (see socketPair). */
   onFailure: ((err: Error) => void) | undefined;
+  /** Called after each answered read (the sender refills the helper's queue, remote-stream.ts). */
+  onAnswered: (() => void) | undefined;
 
   constructor(
     /** For messages: "ssh hv1 → unix:/run/x.sock (stream)". */
@@ -291,6 +293,7 @@ export class FrameReader {
     this.bytes += dest.length;
     this.state = { at: 'header', filled: 0 };
     req.resolve(dest);
+    this.onAnswered?.();
   }
 
   private onMessage(dest: Buffer): void {

@@ -57,6 +57,18 @@ describe('FrameReader', () => {
     await r.ended;
   });
 
+  it('onAnswered runs once per answered read, after its promise is settled (the sender refills the helper from it)', async () => {
+    const r = new FrameReader('test');
+    const outstandingSeen: number[] = [];
+    r.onAnswered = () => outstandingSeen.push(r.outstanding);
+    const pa = r.expect(0, a.length);
+    const pb = r.expect(200_000, b.length);
+    r.expectEnd();
+    deliver(r, good, 4096);
+    await Promise.all([pa, pb, r.ended]);
+    expect(outstandingSeen).toEqual([1, 0]);
+  });
+
   it('a stream truncated inside a data frame fails that read and the ones after it; nothing partial is handed out', async () => {
     const r = new FrameReader('ssh hv1 → unix:/x (stream)');
     const pa = r.expect(0, a.length);
