@@ -30,7 +30,7 @@ const files = [
   ['inc2', 'disks/vdb.rbdiff'],
 ] as const;
 
-async function damaged(mutate: (path: string) => Promise<void>, which: (typeof files)[number], readData: number | undefined) {
+async function damaged(mutate: (path: string) => Promise<void>, which: readonly [(typeof files)[number][0], string], readData: number | undefined) {
   const root = join(dir.path, `case-${Math.random().toString(16).slice(2)}`);
   await cp(f.repo.root, root, { recursive: true });
   const idx = { full: 0, inc1: 1, inc2: 2 }[which[0]];
@@ -58,15 +58,15 @@ describe('corruption: verify finds each damaged file and names the points that d
     expect(r.checkedPoints).toEqual(f.points);
   });
 
-  it.each(files)('a flipped byte in %s/%s', async (...which) => {
-    const { report, file, dependents } = await damaged(flip, which, 100);
+  it.each(files)('a flipped byte in %s/%s', async (point, name) => {
+    const { report, file, dependents } = await damaged(flip, [point, name], 100);
     const hit = report.damage.find((d) => d.file === file);
     expect(hit, JSON.stringify(report.damage, null, 1)).toBeDefined();
     expect(hit!.affectedPoints).toEqual(expect.arrayContaining(dependents));
   });
 
-  it.each(files)('a truncated %s/%s', async (...which) => {
-    const { report, file, dependents } = await damaged(async (p) => truncate(p, Math.max(0, (await readFile(p)).length - 10)), which, 100);
+  it.each(files)('a truncated %s/%s', async (point, name) => {
+    const { report, file, dependents } = await damaged(async (p) => truncate(p, Math.max(0, (await readFile(p)).length - 10)), [point, name], 100);
     const hit = report.damage.find((d) => d.file === file);
     expect(hit, JSON.stringify(report.damage, null, 1)).toBeDefined();
     expect(hit!.affectedPoints).toEqual(expect.arrayContaining(dependents));
@@ -91,7 +91,7 @@ describe('corruption: verify finds each damaged file and names the points that d
     const repo = await openRepository(root);
     const file = join(root, 'vms', 'vm-1', 'chains', f.points[0]!, f.points[1]!, 'disks', 'vda.rbdiff');
     const b = await readFile(file);
-    b[b.length - 100] ^= 1;
+    b[b.length - 100] = b[b.length - 100]! ^ 1;
     await writeFile(file, b);
     // vdb is untouched and restores; vda's damaged record is caught.
     expect((await readDisk(repo, f.points[2]!, 'vdb')).equals(f.expected.get(f.points[2]!)!['vdb']!)).toBe(true);

@@ -9,7 +9,6 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Logger } from '../../../src/log.js';
-import type { Strategy } from '../../../src/strategy/contract.js';
 import libvirtSsh from '../../../strategies/libvirt-ssh/index.js';
 import { withRead } from '../../helpers/strategy.js';
 import { createDomain, destroyDomain, diskDigest, guestWrites, harness, labEnv, MiB, scatteredWrites, type LabEnv } from '../libvirt-ssh/fixture.js';

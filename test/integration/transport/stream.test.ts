@@ -17,6 +17,7 @@ import { dirtyReadContexts, FULL_READ_CONTEXTS, NbdSession, readDirty, readFull 
 import { SshConnection, sshTarget } from '../../../src/transport/ssh.js';
 import { DataStream, knownStreamFallback, RemoteStream, STREAM_PACING, StreamUnavailableError, SwitchingSource, type StreamCarrier } from '../../../src/transport/stream/index.js';
 import { collectExtents, expectSameAsReference } from '../../helpers/extents.js';
+import { rejectionOf } from '../../helpers/errors.js';
 import { requireLab } from '../../helpers/lab.js';
 import { makeQemuDisk, MiB, startQemuNbd, type QemuDisk, type QemuNbdServer } from './qemu-fixture.js';
 
@@ -173,7 +174,7 @@ it('without the interpreter on the host: reads fall back to NBD, bit-identical, 
 
 it('a required stream (dataChannel: stream) that cannot start is an error, not a fallback', async () => {
   const streams = new DataStream(conn, { socket: server.socket, exportName: '', log, interpreter: 'python3-not-here-either', required: true });
-  const err = await streams.use(disk.reference.length).catch((e: unknown) => e as Error);
+  const err = await rejectionOf(streams.use(disk.reference.length));
   expect(err).toBeInstanceOf(StreamUnavailableError);
   expect((err as StreamUnavailableError).reason).toBe('no-interpreter');
   expect(err.message).toBe('python3-not-here-either is not installed on hv1: the one-way data stream needs it');
@@ -270,7 +271,7 @@ it('an OpenSSH exit status of 255 is told as ssh failing, not the helper', async
   const ssh = fakeSsh('ssh-255', 'sys.stderr.write("ssh: connect to host hv1 port 22: Connection refused\\n")\nsys.exit(255)');
   const stream = RemoteStream.start(conn, { socket: '/nonexistent.sock', exportName: '', carrier: 'openssh', opensshBinary: ssh });
   try {
-    const err = await stream.ready.catch((e: unknown) => e as Error);
+    const err = await rejectionOf(stream.ready);
     expect(err).toBeInstanceOf(StreamUnavailableError);
     expect(err.message).toMatch(/\(stream, openssh\): ssh failed \(255\): ssh: connect to host hv1 port 22: Connection refused$/);
   } finally {

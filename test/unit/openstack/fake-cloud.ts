@@ -64,8 +64,10 @@ export class FakeCloud {
     return this;
   }
 
-  /** A route that needs a valid token and answers `body` as JSON. */
-  json(method: string, pattern: RegExp, body: unknown | ((req: FakeRequest) => unknown), status = 200): this {
+  /** A route that needs a valid token and answers `body` (or what it returns for the request) as JSON. */
+  json(method: string, pattern: RegExp, body: (req: FakeRequest) => unknown, status?: number): this;
+  json(method: string, pattern: RegExp, body: unknown, status?: number): this;
+  json(method: string, pattern: RegExp, body: unknown, status = 200): this {
     return this.route(method, pattern, (req, res) => {
       if (!this.authorised(req, res)) return;
       send(res, status, typeof body === 'function' ? (body as (r: FakeRequest) => unknown)(req) : body);

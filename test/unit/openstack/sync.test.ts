@@ -5,7 +5,7 @@ import { Cloud } from '../../../src/openstack/cloud.js';
 import { parseDomainDisks, type HypervisorProbe } from '../../../src/openstack/probe.js';
 import { policyMatches } from '../../../src/openstack/select.js';
 import { syncCloud } from '../../../src/openstack/sync.js';
-import { FAST_RETRY, FakeCloud, fixture, PROJECT_ID, recordingLogger, send } from './fake-cloud.js';
+import { FAST_RETRY, FakeCloud, fixture, recordingLogger, send } from './fake-cloud.js';
 
 const KVM_ID = '2558f8e1-a8a9-4c0d-a0ab-63a00dfff628';
 const FAKE_ID = '893d9f34-9cb5-450a-b417-3b9a316a0977';

@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { DataCorruptError, UnavailableError } from '../../../src/errors.js';
+import { rejectionOf } from '../../helpers/errors.js';
 import { encodeFrameHeader, FrameReader, FrameType, StreamProtocolError, StreamUnavailableError } from '../../../src/transport/stream/frames.js';
 
 const hello = (size: number) => encodeFrameHeader(FrameType.hello, size, 0);
@@ -75,7 +76,7 @@ describe('FrameReader', () => {
     const pb = r.expect(200_000, b.length);
     deliver(r, Buffer.concat([hello(1 << 20), data(0, a)]).subarray(0, 24 + 24 + 5000), 4096);
     r.close(new Error('the helper exited with status 2: vprotect-stream: the NBD server closed the connection in a reply'));
-    const err = await pa.catch((e: unknown) => e as Error);
+    const err = await rejectionOf(pa);
     expect(err).toBeInstanceOf(UnavailableError);
     expect(err.message).toBe(
       'data stream from ssh hv1 → unix:/x (stream): the stream ended in the middle of a frame with 2 read(s) outstanding: the helper exited with status 2: vprotect-stream: the NBD server closed the connection in a reply',
@@ -100,7 +101,7 @@ describe('FrameReader', () => {
     const garbled = Buffer.concat([hello(1 << 20), data(0, a)]);
     garbled.writeUInt32BE(0xdeadbeef, 24); // the data frame's magic
     deliver(r, garbled, 1 << 20);
-    const err = await pa.catch((e: unknown) => e as Error);
+    const err = await rejectionOf(pa);
     expect(err).toBeInstanceOf(DataCorruptError);
     expect(err.message).toBe('data stream from test: bad frame magic 0xdeadbeef (garbled stream)');
     expect(r.target().length).toBeGreaterThan(0); // further bytes go nowhere useful
@@ -130,7 +131,7 @@ describe('FrameReader', () => {
   it('output before the hello that is not the helper\'s (a login script printing) means the stream did not start', async () => {
     const r = new FrameReader('test');
     deliver(r, Buffer.concat([Buffer.from('Welcome to hv1!\nLast login: yesterday\n'), hello(1 << 20)]), 7);
-    const err = await r.hello.catch((e: unknown) => e as Error);
+    const err = await rejectionOf(r.hello);
     expect(err).toBeInstanceOf(StreamUnavailableError);
     expect((err as StreamUnavailableError).reason).toBe('start-failed');
     expect(err).not.toBeInstanceOf(DataCorruptError);
@@ -141,7 +142,7 @@ describe('FrameReader', () => {
     const r = new FrameReader('ssh hv1 → unix:/x (stream)');
     const pa = r.expect(0, a.length);
     deliver(r, Buffer.concat([hello(1 << 20), error('NBD READ of 100000 bytes at offset 0 failed: Input/output error')]), 10);
-    const err = await pa.catch((e: unknown) => e as Error);
+    const err = await rejectionOf(pa);
     expect(err).toBeInstanceOf(UnavailableError);
     expect(err).not.toBeInstanceOf(DataCorruptError);
     expect(err.message).toBe('data stream from ssh hv1 → unix:/x (stream) failed: NBD READ of 100000 bytes at offset 0 failed: Input/output error');
