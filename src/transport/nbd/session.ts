@@ -1,8 +1,8 @@
 /**
  * An NBD export opened over one or more connections. When the server advertises
  * CAN_MULTI_CONN (qemu does for read-only exports) reads are spread over several connections,
- * each the least loaded at the time; block status always goes to the first connection, the
- * one that negotiated the meta contexts.
+ * each the least loaded at the time; block status always goes to the first connection (the
+ * first whose handshake completed; every connection negotiates the same meta contexts).
  */
 import { UnavailableError, errorMessage } from '../../errors.js';
 import type { Logger } from '../../log.js';
@@ -26,11 +26,11 @@ export interface NbdSource {
 
 export interface NbdSessionOptions extends NbdConnectionOptions {
   /**
-   * Connections to open when the server allows multi-conn (default 1). Extra connections that
-   * fail to open are dropped with a warning: the first one alone is enough to work.
+   * Connections to open when the server allows multi-conn (default 1), all at once. Extra
+   * connections that fail to open are dropped with a warning: one alone is enough to work.
    */
   connections?: number;
-  /** Handshake time limit for the extra connections (default 10 s; qemu-nbd -e 1 never answers them). */
+  /** How long the extra connections may take after the first is ready (default 10 s; qemu-nbd -e 1 never answers them). */
   extraConnectionTimeoutMs?: number;
   log?: Logger;
 }
@@ -42,26 +42,44 @@ export class NbdSession implements NbdSource {
   ) {}
 
   static async open(dial: NbdDialer, options: NbdSessionOptions): Promise<NbdSession> {
-    const first = await openNbdConnection(await dial(), options);
-    const connections = [first];
     const wanted = Math.max(1, Math.floor(options.connections ?? 1));
-    if (wanted > 1 && !first.info.canMultiConn) {
-      options.log?.debug('nbd server does not allow multi-conn; using one connection', { server: first.description });
-    } else if (wanted > 1) {
-      const extra = await Promise.allSettled(
-        Array.from({ length: wanted - 1 }, async () =>
-          openNbdConnection(await dial(), {
-            ...options,
-            metaContexts: [], // only the first connection answers block status
-            timeoutMs: options.extraConnectionTimeoutMs ?? 10_000,
-          }),
-        ),
-      );
-      for (const r of extra) {
-        if (r.status === 'fulfilled') connections.push(r.value);
-        else options.log?.warn('extra NBD connection failed; continuing with fewer', { server: first.description, error: errorMessage(r.reason) });
-      }
+    const connect = () => dial().then((channel) => openNbdConnection(channel, options));
+    if (wanted === 1) {
+      const only = await connect();
+      return new NbdSession([only], only.description);
     }
+    // All handshakes at once: over TCP to qemu each one waits on delayed ACKs (~40 ms a step,
+    // qemu's server leaves Nagle on), so one after the other doubled the session's start. Every
+    // connection negotiates the same contexts; the first one ready answers block status.
+    const attempts = Array.from({ length: wanted }, connect);
+    let first: NbdConnection;
+    try {
+      first = await Promise.any(attempts);
+    } catch (err) {
+      throw err instanceof AggregateError ? (err.errors[0] as Error) : err;
+    }
+    const others = attempts.map((a) => a.then((c) => (c === first ? undefined : c)));
+    if (!first.info.canMultiConn) {
+      options.log?.debug('nbd server does not allow multi-conn; using one connection', { server: first.description });
+      for (const o of others) void o.then((c) => c?.destroy(), () => undefined);
+      return new NbdSession([first], first.description);
+    }
+    // A server that accepts fewer clients (qemu-nbd -e 1) never answers the rest: wait a while.
+    const timeoutMs = options.extraConnectionTimeoutMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), timeoutMs)));
+    const settled = await Promise.all(others.map((o) => Promise.race([o.then((c) => ({ c }), (e: unknown) => ({ e })), late])));
+    clearTimeout(timer);
+    const connections = [first];
+    settled.forEach((r, i) => {
+      if (r === 'late') {
+        // Closed whenever it does open; it is not used.
+        void others[i]!.then((c) => c?.destroy(), () => undefined);
+        options.log?.warn('extra NBD connection failed; continuing with fewer', { server: first.description, error: `no handshake within ${timeoutMs} ms` });
+      } else if ('c' in r) {
+        if (r.c) connections.push(r.c);
+      } else options.log?.warn('extra NBD connection failed; continuing with fewer', { server: first.description, error: errorMessage(r.e) });
+    });
     return new NbdSession(connections, first.description);
   }
 

@@ -440,3 +440,74 @@ describe('aborting a reader', () => {
     session.destroy();
   });
 });
+
+describe('opening a session over several connections', () => {
+  const MULTI_CONN = 0b1_0000_0011; // HAS_FLAGS | READ_ONLY | CAN_MULTI_CONN
+  /** A dialer whose every connection takes `ms` to come up (a slow handshake, e.g. TCP delayed ACKs). */
+  const slowDialer = (ms: number) => async () => {
+    await new Promise((r) => setTimeout(r, ms));
+    return connectSocketChannel({ path: server!.path });
+  };
+
+  it('opens every connection at once, each with the contexts, and reads through all of them', async () => {
+    const disk = randomBytes(2 * MiB);
+    server = await FakeNbdServer.start({ disk, flags: MULTI_CONN, contexts: ['base:allocation'] });
+    const t0 = Date.now();
+    const session = await NbdSession.open(slowDialer(300), { exportName: '', metaContexts: FULL_READ_CONTEXTS, connections: 3 });
+    // One after the other would take twice the dial time at least.
+    expect(Date.now() - t0).toBeLessThan(550);
+    expect(session.connectionCount).toBe(3);
+    expectSameAsReference(await collectExtents(readFull(session, { maxRequestBytes: 128 * KiB })), disk);
+    await session.close();
+  });
+
+  it('keeps one connection when the server does not allow multi-conn', async () => {
+    server = await FakeNbdServer.start({ size: MiB, contexts: ['base:allocation'] });
+    const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: FULL_READ_CONTEXTS, connections: 3 });
+    expect(session.connectionCount).toBe(1);
+    await session.close();
+  });
+
+  it('goes on with the connections that answered when a server takes only one client', async () => {
+    server = await FakeNbdServer.start({ size: MiB, flags: MULTI_CONN, contexts: ['base:allocation'] });
+    const script = server.script;
+    let clients = 0;
+    // Like qemu-nbd -e 1: later clients are accepted by the socket but never greeted.
+    const handshake = (sock: net.Socket) => {
+      if (++clients > 1) return;
+      delete script.handshake;
+      (server as unknown as { accept(s: net.Socket): void }).accept(sock);
+      script.handshake = handshake;
+    };
+    script.handshake = handshake;
+    const warnings: string[] = [];
+    const log = { debug: () => {}, info: () => {}, warn: (m: string, d?: unknown) => warnings.push(`${m} ${JSON.stringify(d)}`), error: () => {} };
+    const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: FULL_READ_CONTEXTS, connections: 2, extraConnectionTimeoutMs: 300, log });
+    expect(session.connectionCount).toBe(1);
+    expect(warnings.join('\n')).toMatch(/no handshake within 300 ms/);
+    await session.close();
+  });
+});
+
+describe('request batching', () => {
+  it('sends the requests a reader issues together in one write (one SSH packet, one syscall)', async () => {
+    const disk = randomBytes(2 * MiB);
+    server = await FakeNbdServer.start({ disk, contexts: ['base:allocation'] });
+    let writes = 0;
+    let counting = false;
+    const dial = async () => {
+      const channel = await connectSocketChannel({ path: server!.path });
+      return { ...channel, description: channel.description, write: (d: Buffer) => ((writes += counting ? 1 : 0), channel.write(d)) };
+    };
+    const session = await NbdSession.open(dial, { exportName: '', metaContexts: FULL_READ_CONTEXTS });
+    counting = true;
+    const extents = await collectExtents(readFull(session, { maxRequestBytes: 64 * KiB, maxRequestsInFlight: 64 }));
+    counting = false;
+    await session.close();
+    expectSameAsReference(extents, disk);
+    const reads = server.requests.filter((r) => r.type === 0).length;
+    expect(reads).toBe(32);
+    // One block status, then the 32 reads the reader issued in one go.
+    expect(writes).toBeLessThanOrEqual(3);
+  });
+});
