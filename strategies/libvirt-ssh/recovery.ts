@@ -39,18 +39,25 @@ function olderCheckpoints(j: Journal): string[] {
  * libvirt deletes bitmaps only of a running domain: otherwise the old bitmaps stay (harmless,
  * `qemu-img bitmap --remove` by hand).
  */
-export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boolean; writeJournalFirst?: boolean }): Promise<void> {
-  // The journal that says "committing" is written (and succeeded) before anything is dropped.
-  const pre: Step[] = [...(opts.writeJournalFirst ? [journalStep(j)] : []), ...(j.nbdPidFiles ?? []).map((pid) => ({ argv: stopQemuNbdArgv(pid), mayFail: true }))];
-  if (pre.length) {
-    const r = await runBatch(hv, pre, { signal: null });
-    if (opts.writeJournalFirst && r[0]!.code !== 0) throw new UnavailableError(`writing the run journal ${j.dir} on ${hv.name} failed: ${r[0]!.stderr.trim().slice(-500) || `exit status ${r[0]!.code ?? 'unknown'}`}`);
-  }
+export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boolean; started?: boolean }): Promise<void> {
+  if (!opts.started) await startFinish(hv, j, { writeJournal: false });
   if (j.job) await hv.endOwnBackupJob(j.domain, j.dir);
   // Older checkpoints with their bitmaps first, then the new one's metadata only.
   await deleteCheckpoints(hv, j.domain, [...olderCheckpoints(j).map((name) => ({ name, metadataOnly: !opts.running })), ...(j.checkpoint ? [{ name: j.checkpoint.name, metadataOnly: true }] : [])]);
   for (const o of j.overlays ?? []) await commitFrozenOverlay(hv, j.domain, o);
   await hv.remove(j.dir);
+}
+
+/**
+ * The first round trip of finishRun: with `writeJournal`, the journal (it must say "committing"
+ * and have succeeded before anything is dropped), then the qemu-nbd servers stopped. A run's own
+ * commit runs it while its backup job ends, then finishRun with `started`.
+ */
+export async function startFinish(hv: Hypervisor, j: Journal, opts: { writeJournal: boolean }): Promise<void> {
+  const pre: Step[] = [...(opts.writeJournal ? [journalStep(j)] : []), ...(j.nbdPidFiles ?? []).map((pid) => ({ argv: stopQemuNbdArgv(pid), mayFail: true }))];
+  if (pre.length === 0) return;
+  const r = await runBatch(hv, pre, { signal: null });
+  if (opts.writeJournal && r[0]!.code !== 0) throw new UnavailableError(`writing the run journal ${j.dir} on ${hv.name} failed: ${r[0]!.stderr.trim().slice(-500) || `exit status ${r[0]!.code ?? 'unknown'}`}`);
 }
 
 /**

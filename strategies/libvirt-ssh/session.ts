@@ -35,7 +35,7 @@ import { Hypervisor } from './hypervisor.js';
 import { journalStep, listJournalsArgv, newJournal, newRunId, parseJournalListing, writeJournal, type Journal, type ListedJournal, type OverlayRecord } from './journal.js';
 import { asAnchor, chooseMode, decideLevel, parseOptions, selectDisks, type DiskAnchor, type LibvirtSshOptions, type Mode, type SkippedDisk } from './plan.js';
 import { startQemuNbd, stopQemuNbd } from './qemu-nbd.js';
-import { recoverStaleRuns, rollbackRun, finishRun } from './recovery.js';
+import { recoverStaleRuns, rollbackRun, finishRun, startFinish } from './recovery.js';
 import { openRbdDisks } from './rbd-disks.js';
 import { overlayRecord, snapshotArgs } from './snapshot-mode.js';
 
@@ -59,7 +59,7 @@ export async function openSession(target: BackupTarget, ctx: StrategyContext): P
     // One virsh and one shell for every phase of the run (persistent.ts), ended by close().
     hv = new Hypervisor(borrowed.conn, target.hypervisor, ctx.log, ctx.signal);
     hv.keepProcesses();
-    const found = await readDomain(hv, target.domain, options.workDir);
+    const found = await readDomain(hv, target.domain, options.workDir, options.transport === 'netcat');
     return new LibvirtSshSession(target, ctx, options, hv, borrowed, found);
   } catch (err) {
     await hv?.closeProcesses().catch(() => undefined);
@@ -81,13 +81,17 @@ interface DomainView {
   checkpoints: string[] | undefined;
   /** Run directories under workDir with their journals (killed runs to finish or undo). */
   journals: ListedJournal[];
+  /** TCP ports listening on the hypervisor (`ss -Htln`, netcat transport only). */
+  listening: Set<number> | undefined;
 }
 
 /**
  * The domain as it is now, in one round trip to each persistent process, at the same time:
- * every virsh query (each answer and error told apart) beside the journal listing.
+ * every virsh query (each answer and error told apart) beside the journal listing (and, for the
+ * netcat transport, the listening ports the plan picks the job's port from: asked now, the
+ * plan can write the job's XML in its first round trip).
  */
-async function readDomain(hv: Hypervisor, name: string, workDir: string): Promise<DomainView> {
+async function readDomain(hv: Hypervisor, name: string, workDir: string, withPorts: boolean): Promise<DomainView> {
   const queries: string[][] = [['domstate', name], ['dumpxml', name], ['dumpxml', '--inactive', name], ['domblkinfo', name, '--all'], ['checkpoint-list', name, '--name']];
   const listing = listJournalsArgv(workDir);
   // Queries only: safe to ask again when the answer was lost (seen under load: no exit status).
@@ -95,7 +99,8 @@ async function readDomain(hv: Hypervisor, name: string, workDir: string): Promis
     const l = await hv.exec(listing, { signal: null });
     return l.code === undefined ? hv.exec(listing, { signal: null }) : l;
   };
-  const [r, listed] = await Promise.all([hv.virshEach(queries, { signal: null }), listJournals()]);
+  const shell = async () => ({ listed: await listJournals(), ports: withPorts ? await hv.exec(['ss', '-Htln'], { signal: null }) : undefined });
+  const [r, { listed, ports }] = await Promise.all([hv.virshEach(queries, { signal: null }), shell()]);
   const [state, live, inactive, blkinfo, checkpoints] = r as [StepResult, StepResult, StepResult, StepResult, StepResult];
   if (state.code !== 0) {
     if (/failed to get domain|Domain not found/i.test(state.stderr)) throw new UnavailableError(`domain ${name} does not exist on ${hv.name}`, { hint: 'check the domain name (virsh list --all) and the hypervisor' });
@@ -110,6 +115,7 @@ async function readDomain(hv: Hypervisor, name: string, workDir: string): Promis
     blkinfo,
     checkpoints: checkpoints.code === 0 ? checkpoints.stdout.split('\n').map((l) => l.trim()).filter(Boolean) : undefined,
     journals: parseJournalListing(listed.stdout),
+    listening: ports?.code === 0 ? listeningPorts(ports.stdout) : undefined,
   };
 }
 
@@ -170,7 +176,7 @@ export class LibvirtSshSession implements BackupSession {
     const recovered = await recoverStaleRuns(hv, this.options.workDir, { domain: domainName, previous: request.previous, log: this.ctx.log, listed: this.view.journals });
     if (recovered.length > 0) {
       // The recovery changed the domain (pivoted back, merged overlays): what open() read is stale.
-      this.view = await readDomain(hv, domainName, this.options.workDir);
+      this.view = await readDomain(hv, domainName, this.options.workDir, this.options.transport === 'netcat');
     }
 
     const selected = selectDisks(this.domain, this.options);
@@ -182,8 +188,7 @@ export class LibvirtSshSession implements BackupSession {
     }
     if (selected.disks.length === 0 && selected.rbd.length === 0) throw new UsageError(`${domainName}: no disk to back up`, { hint: 'check excludeDisks' });
     const running = this.domainState === 'running' || this.domainState === 'paused';
-    const plans: DiskState[] = [];
-    if (selected.rbd.length > 0) plans.push(...(await this.planRbd(selected.rbd, request)));
+    const rbdPlans = selected.rbd.length > 0 ? await this.planRbd(selected.rbd, request) : [];
     this.hasFileDisks = selected.disks.length > 0;
     const sizes = this.hasFileDisks ? this.diskSizes() : new Map<string, number>();
     const checkpoints = running && this.hasFileDisks ? (this.view.checkpoints ?? (await hv.checkpointNames(domainName))) : [];
@@ -200,41 +205,53 @@ export class LibvirtSshSession implements BackupSession {
     for (const { chosen, anchor } of seen) {
       if (running && chosen.mode === 'checkpoint' && anchor?.mode === 'checkpoint' && anchor.domainUuid === this.domain.uuid && !checkpoints.includes(anchor.checkpoint)) toRedefine.set(anchor.checkpoint, anchor.checkpointXml);
     }
-    const redefineFailures = this.hasFileDisks ? await this.prepareRunDir(toRedefine, checkpoints) : new Map<string, string>();
-    for (const { disk, size, chosen, prev, anchor } of seen) {
-      const redefineFailure = anchor?.mode === 'checkpoint' ? redefineFailures.get(anchor.checkpoint) : undefined;
-      const decision = decideLevel(
-        {
+    const decide = (known: string[], redefineFailures: ReadonlyMap<string, string>): DiskState[] => {
+      const plans: DiskState[] = rbdPlans.map((p) => ({ ...p }));
+      for (const { disk, size, chosen, prev, anchor } of seen) {
+        const redefineFailure = anchor?.mode === 'checkpoint' ? redefineFailures.get(anchor.checkpoint) : undefined;
+        const decision = decideLevel(
+          {
+            disk,
+            mode: chosen.mode,
+            modeReason: running ? chosen.reason : 'domain not running: its files are read as they are',
+            size,
+            running,
+            previous: prev ? { size: prev.size, anchor } : undefined,
+            domainUuid: this.domain.uuid,
+            checkpoints: known,
+            ...(redefineFailure !== undefined ? { redefineFailure } : {}),
+          },
+          request.level,
+        );
+        plans.push({
           disk,
-          mode: chosen.mode,
-          modeReason: running ? chosen.reason : 'domain not running: its files are read as they are',
-          size,
-          running,
-          previous: prev ? { size: prev.size, anchor } : undefined,
-          domainUuid: this.domain.uuid,
-          checkpoints,
-          ...(redefineFailure !== undefined ? { redefineFailure } : {}),
-        },
-        request.level,
-      );
-      plans.push({
-        disk,
-        mode: running ? chosen.mode : 'offline',
-        plan: { key: disk.target, size, sourceFormat: `${disk.format ?? 'raw'} ${disk.type}`, level: decision.level, reason: decision.reason },
-        previousAnchor: anchor,
-      });
-    }
-    // One level for the point (as the engine does), decided now: the backup job's XML needs it.
-    const unified = unifyLevels(plans.map((p) => p.plan));
-    plans.forEach((p, i) => (p.plan = unified[i]!));
-    // An incremental checkpoint job reads every disk against ONE checkpoint.
-    const bases = new Set(plans.filter((p) => p.mode === 'checkpoint' && p.plan.level === 'incremental').map((p) => (p.previousAnchor as { checkpoint: string }).checkpoint));
-    if (bases.size > 1) {
-      for (const p of plans) p.plan = { ...p.plan, level: 'full', reason: `disks were checkpointed at different points (${[...bases].join(', ')}); ${p.plan.reason}` };
-    }
-    // Keep the domain's disk order in reports and the manifest.
-    const order = this.domain.disks.map((d) => d.target);
-    plans.sort((a, b) => order.indexOf(a.disk.target) - order.indexOf(b.disk.target));
+          mode: running ? chosen.mode : 'offline',
+          plan: { key: disk.target, size, sourceFormat: `${disk.format ?? 'raw'} ${disk.type}`, level: decision.level, reason: decision.reason },
+          previousAnchor: anchor,
+        });
+      }
+      // One level for the point (as the engine does), decided now: the backup job's XML needs it.
+      const unified = unifyLevels(plans.map((p) => p.plan));
+      plans.forEach((p, i) => (p.plan = unified[i]!));
+      // An incremental checkpoint job reads every disk against ONE checkpoint.
+      const bases = new Set(plans.filter((p) => p.mode === 'checkpoint' && p.plan.level === 'incremental').map((p) => (p.previousAnchor as { checkpoint: string }).checkpoint));
+      if (bases.size > 1) {
+        for (const p of plans) p.plan = { ...p.plan, level: 'full', reason: `disks were checkpointed at different points (${[...bases].join(', ')}); ${p.plan.reason}` };
+      }
+      // Keep the domain's disk order in reports and the manifest.
+      const order = this.domain.disks.map((d) => d.target);
+      plans.sort((a, b) => order.indexOf(a.disk.target) - order.indexOf(b.disk.target));
+      return plans;
+    };
+    // The common case, qcow2 disks of a running domain only: the plan as it will be when every
+    // redefine succeeds. Its snapshot journal and job files then go in the same round trip as the
+    // run directory (the snapshot needs no shell round trip of its own); a failed redefine
+    // changes the plan, and the snapshot writes them again.
+    const expected = running && rbdPlans.length === 0 && seen.every((d) => d.chosen.mode === 'checkpoint') ? decide([...checkpoints, ...toRedefine.keys()], new Map()) : undefined;
+    const early = expected ? await this.snapshotSteps(expected) : [];
+    const redefineFailures = this.hasFileDisks ? await this.prepareRunDir(toRedefine, checkpoints, early) : new Map<string, string>();
+    const plans = expected && redefineFailures.size === 0 ? expected : decide(checkpoints, redefineFailures);
+    this.snapshotWritten = plans === expected;
     this.disks = plans;
     return plans.map((p) => p.plan);
   }
@@ -266,12 +283,11 @@ export class LibvirtSshSession implements BackupSession {
   /**
    * One round trip to the shell: the run directory, the journal (naming the checkpoints about to
    * be redefined, so that a killed run does not leave their metadata behind), the checkpoint XML
-   * files, and for the netcat transport the hypervisor's listening ports; once that succeeded,
-   * one round trip to virsh: the redefines (`--redefine-validate`: libvirt checks the bitmaps
-   * really are in the images). `checkpoints` gains the redefined names; returns libvirt's
-   * reason for each redefine that failed.
+   * files, and `more` (the snapshot's job files); once that succeeded, one round trip to virsh:
+   * the redefines (`--redefine-validate`: libvirt checks the bitmaps really are in the images).
+   * `checkpoints` gains the redefined names; returns libvirt's reason for each redefine that failed.
    */
-  private async prepareRunDir(toRedefine: Map<string, string>, checkpoints: string[]): Promise<Map<string, string>> {
+  private async prepareRunDir(toRedefine: Map<string, string>, checkpoints: string[], more: Step[]): Promise<Map<string, string>> {
     const { hv, domainName } = this;
     if (toRedefine.size) this.journal.redefined = [...toRedefine.keys()];
     const steps: Step[] = [{ argv: hv.makeRunDirArgv(this.runDir) }, journalStep(this.journal)];
@@ -281,14 +297,13 @@ export class LibvirtSshSession implements BackupSession {
       steps.push(writeFileStep(file, checkpointForRedefine(xml)));
       redefines.push({ name, command: ['checkpoint-create', domainName, file, '--redefine', '--redefine-validate'] });
     }
-    const portsAt = this.options.transport === 'netcat' ? steps.push({ argv: ['ss', '-Htln'], mayFail: true }) - 1 : -1;
+    steps.push(...more);
     const r = await runBatch(hv, steps, { signal: null });
     if (r[0]!.code !== 0) throw new UnavailableError(`could not create the run directory ${this.runDir} on ${hv.name}: ${r[0]!.stderr.trim() || 'not run'}`, { hint: `check workDir (${this.options.workDir}): its parent must exist or be creatable, and vmUser (${hv.vmUser}) must exist` });
     for (let i = 1; i < steps.length; i++) {
       if (steps[i]!.mayFail || r[i]!.code === 0) continue;
-      throw new UnavailableError(`could not write ${i === 1 ? 'the run journal' : 'a checkpoint XML'} in ${this.runDir} on ${hv.name}: ${r[i]!.stderr.trim() || 'not run'}`);
+      throw new UnavailableError(`could not write ${i === 1 ? 'the run journal' : 'a checkpoint or job XML'} in ${this.runDir} on ${hv.name}: ${r[i]!.stderr.trim() || 'not run'}`);
     }
-    if (portsAt >= 0) this.listeningPorts = listeningPorts(r[portsAt]!.stdout);
     const failures = new Map<string, string>();
     const results = await hv.virshEach(redefines.map((d) => d.command), { signal: null });
     redefines.forEach(({ name }, i) => {
@@ -362,23 +377,18 @@ export class LibvirtSshSession implements BackupSession {
     const ovDisks = this.overlayDisks;
     const rbdCount = this.rbdDisks.length;
     for (const d of ovDisks) d.overlay = overlayRecord(d.disk, this.runId);
-    const previousCheckpoint = [...new Set(cpDisks.map((d) => (d.previousAnchor?.mode === 'checkpoint' ? d.previousAnchor.checkpoint : undefined)).filter((x): x is string => !!x))];
-    if (cpDisks.length) {
-      this.journal.checkpoint = { name: this.checkpointName, ...(previousCheckpoint[0] ? { previous: previousCheckpoint[0] } : {}) };
-      this.journal.job = true;
-    }
     if (ovDisks.length) this.journal.overlays = ovDisks.map((d) => d.overlay!);
-    this.journal.phase = 'snapshot';
-    const job = cpDisks.length ? await this.jobFiles(cpDisks) : undefined;
-    const jobFiles = job?.paths;
-    // The journal first (it announces the job, checkpoint and overlays), then the job's files.
-    const prepare: Step[] = this.hasFileDisks ? [journalStep(this.journal), ...(job?.steps ?? [])] : [];
+    const jobSteps = await this.snapshotSteps(this.disks);
+    const jobFiles = cpDisks.length ? this.jobPaths : undefined;
+    // The journal first (it announces the job, checkpoint and overlays), then the job's files —
+    // unless the plan's round trip wrote them already.
+    const prepare: Step[] = this.hasFileDisks && !this.snapshotWritten ? [journalStep(this.journal), ...jobSteps] : [];
     // Separate calls (overlays, each RBD snapshot, the backup job) must see the same instant.
     const calls = (cpDisks.length > 0 ? 1 : 0) + (ovDisks.length > 0 ? 1 : 0) + rbdCount;
     const pause = this.options.atomic && calls > 1;
-    if (job && calls === 1) {
+    if (jobFiles && calls === 1) {
       // The common case (qcow2 disks only): everything in one command batch.
-      await this.beginJobInOneBatch(prepare, job.paths);
+      await this.beginJobInOneBatch(prepare, jobFiles);
       return undefined;
     }
     await this.runChecked(prepare, 'preparing the snapshot');
@@ -431,6 +441,24 @@ export class LibvirtSshSession implements BackupSession {
     this.newCheckpointXml = dumped.stdout;
   }
 
+  /** Whether the plan's round trip wrote the snapshot's journal and job files (the plan did not change after). */
+  private snapshotWritten = false;
+
+  /**
+   * The snapshot's journal entries for the checkpoint disks of `disks` (the checkpoint the job
+   * creates, the previous one, the job; phase snapshot) and the job's files as steps. Called by
+   * the plan for the outcome it expects, and by the snapshot: same disks, same files.
+   */
+  private async snapshotSteps(disks: DiskState[]): Promise<Step[]> {
+    const cpDisks = disks.filter((d) => d.mode === 'checkpoint');
+    this.journal.phase = 'snapshot';
+    if (cpDisks.length === 0) return [];
+    const previousCheckpoint = [...new Set(cpDisks.map((d) => (d.previousAnchor?.mode === 'checkpoint' ? d.previousAnchor.checkpoint : undefined)).filter((x): x is string => !!x))];
+    this.journal.checkpoint = { name: this.checkpointName, ...(previousCheckpoint[0] ? { previous: previousCheckpoint[0] } : {}) };
+    this.journal.job = true;
+    return this.jobFiles(cpDisks);
+  }
+
   /** Runs steps as one batch; the first failure is an error naming `what`. */
   private async runChecked(steps: Step[], what: string): Promise<void> {
     if (steps.length) this.checkSteps(steps, await runBatch(this.hv, steps, { signal: null }), what);
@@ -444,8 +472,13 @@ export class LibvirtSshSession implements BackupSession {
     });
   }
 
-  /** The job and checkpoint XML as file writes into the run directory, and their paths. */
-  private async jobFiles(cpDisks: DiskState[]): Promise<{ paths: { job: string; checkpoint: string }; steps: Step[] }> {
+  /** Where the job and checkpoint XML go in the run directory. */
+  private get jobPaths(): { job: string; checkpoint: string } {
+    return { job: `${this.runDir}/backup.xml`, checkpoint: `${this.runDir}/checkpoint.xml` };
+  }
+
+  /** The job and checkpoint XML as file writes into the run directory (jobPaths). */
+  private async jobFiles(cpDisks: DiskState[]): Promise<Step[]> {
     const incremental = cpDisks.find((d) => d.plan.level === 'incremental' && d.previousAnchor?.mode === 'checkpoint')?.previousAnchor as { checkpoint: string } | undefined;
     const jobDisks: JobDisk[] = cpDisks.map((d) => ({
       target: d.disk.target,
@@ -454,21 +487,20 @@ export class LibvirtSshSession implements BackupSession {
       bitmap: true,
     }));
     const others = this.domain.disks.filter((d) => d.device === 'disk' && !cpDisks.some((c) => c.disk.target === d.target)).map((d) => d.target);
-    this.jobServer = await this.nbdServerFor('job');
+    // One server for the run: the plan and the snapshot may both write the job's XML.
+    this.jobServer ??= await this.nbdServerFor('job');
     const job = backupJobXml({ ...(incremental ? { incremental: incremental.checkpoint } : {}), server: this.jobServer, disks: jobDisks, otherDisks: others });
     const cp = checkpointXml(
       this.checkpointName,
       [...jobDisks.map((d) => ({ target: d.target, bitmap: true })), ...others.map((t) => ({ target: t, bitmap: false }))],
       `vprotect ${this.runId} (${this.target.vmName})`,
     );
-    const paths = { job: `${this.runDir}/backup.xml`, checkpoint: `${this.runDir}/checkpoint.xml` };
-    return { paths, steps: [writeFileStep(paths.job, job, '0644'), writeFileStep(paths.checkpoint, cp, '0644')] };
+    const paths = this.jobPaths;
+    return [writeFileStep(paths.job, job, '0644'), writeFileStep(paths.checkpoint, cp, '0644')];
   }
 
   private jobServer: NbdServer | undefined;
   private usedPorts = new Set<number>();
-  /** TCP ports listening on the hypervisor, as `ss -Htln` said during plan (netcat transport). */
-  private listeningPorts: Set<number> | undefined;
 
   /** A unix socket in the run dir (ssh transport) or a free TCP port of the hypervisor's netcat range. */
   private async nbdServerFor(name: string): Promise<NbdServer> {
@@ -476,9 +508,8 @@ export class LibvirtSshSession implements BackupSession {
     const nc = this.hv.config.netcat;
     if (!nc) throw new UsageError(`transport netcat needs netcat.ports for hypervisor ${this.hv.name} in the inventory`);
     const [lo, hi] = nc.ports.split('-').map(Number) as [number, number | undefined];
-    // Asked once per run (in the plan's batch); ports this run took are in usedPorts.
-    const listening = this.listeningPorts ?? listeningPorts((await this.hv.exec(['ss', '-Htln'], { signal: null })).stdout);
-    this.listeningPorts = listening;
+    // Asked once per run (with open's journal listing); ports this run took are in usedPorts.
+    const listening = (this.view.listening ??= listeningPorts((await this.hv.exec(['ss', '-Htln'], { signal: null })).stdout));
     for (let p = lo; p <= (hi ?? lo); p++) {
       if (!listening.has(p) && !this.usedPorts.has(p)) {
         this.usedPorts.add(p);
@@ -569,6 +600,7 @@ export class LibvirtSshSession implements BackupSession {
         connections: server.transport === 'tcp' ? 2 : 1,
         log: this.ctx.log,
       });
+      this.ctx.log.debug(`${this.domainName} ${target}: NBD session open (${server.transport})`);
       if (session.info.size !== plan.size) throw new UnavailableError(`${this.domainName} ${target}: the NBD export is ${session.info.size} bytes, libvirt said ${plan.size}`);
       let source: NbdSource = session;
       if (stream) {
@@ -673,16 +705,17 @@ export class LibvirtSshSession implements BackupSession {
 
   async commit(): Promise<void> {
     let fileError: unknown;
-    await this.jobEnding;
     if (this.hasFileDisks) {
       try {
         this.journal.phase = 'committing';
-        // The journal write and every step of the commit in one command batch.
-        await finishRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused', writeJournalFirst: true });
+        // The journal that says "committing" is written (shell) while the backup job ends (virsh):
+        // both before anything is dropped, neither waits for the other.
+        await Promise.all([this.jobEnding, startFinish(this.hv, this.journal, { writeJournal: true })]);
+        await finishRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused', started: true });
       } catch (err) {
         fileError = err;
       }
-    }
+    } else await this.jobEnding;
     this.finished = true;
     // The RBD side rotates its snapshots even when the file side failed: both points are durable.
     if (this.rbd) await this.rbd.commit();

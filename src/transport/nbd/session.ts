@@ -1,8 +1,8 @@
 /**
  * An NBD export opened over one or more connections. When the server advertises
  * CAN_MULTI_CONN (qemu does for read-only exports) reads are spread over several connections,
- * each the least loaded at the time; block status always goes to the first connection (the
- * first whose handshake completed; every connection negotiates the same meta contexts).
+ * each the least loaded at the time. Block status goes to the connection(s) that negotiated
+ * the meta contexts: with several connections and contexts, each context to its own connection.
  */
 import { UnavailableError, errorMessage } from '../../errors.js';
 import type { Logger } from '../../log.js';
@@ -38,53 +38,70 @@ export interface NbdSessionOptions extends NbdConnectionOptions {
 export class NbdSession implements NbdSource {
   private constructor(
     private readonly connections: NbdConnection[],
+    /** The connections that answer block status, together every context (one each when split). */
+    private readonly status: NbdConnection[],
     readonly description: string,
   ) {}
 
   static async open(dial: NbdDialer, options: NbdSessionOptions): Promise<NbdSession> {
     const wanted = Math.max(1, Math.floor(options.connections ?? 1));
-    const connect = () => dial().then((channel) => openNbdConnection(channel, options));
-    if (wanted === 1) {
-      const only = await connect();
-      return new NbdSession([only], only.description);
-    }
+    const contexts = options.metaContexts ?? [];
+    const connect = (metaContexts: readonly string[]) => dial().then((channel) => openNbdConnection(channel, { ...options, metaContexts }));
+    const whole = async () => {
+      const c = await connect(contexts);
+      return new NbdSession([c], [c], c.description);
+    };
+    if (wanted === 1) return whole();
     // All handshakes at once: over TCP to qemu each one waits on delayed ACKs (~40 ms a step,
-    // qemu's server leaves Nagle on), so one after the other doubled the session's start. Every
-    // connection negotiates the same contexts; the first one ready answers block status.
-    const attempts = Array.from({ length: wanted }, connect);
-    let first: NbdConnection;
-    try {
-      first = await Promise.any(attempts);
-    } catch (err) {
-      throw err instanceof AggregateError ? (err.errors[0] as Error) : err;
+    // qemu's server leaves Nagle on), so one after the other doubled the session's start. The
+    // contexts are shared out (connection i negotiates every k-th one from i): qemu answers a
+    // block status with one chunk per context, each its own write, and over TCP the second chunk
+    // waited for the first one's delayed ACK (~40 ms per block status); one context, one chunk.
+    const k = Math.max(1, Math.min(wanted, contexts.length));
+    const groupOf = (i: number) => i % k;
+    const attempts = Array.from({ length: wanted }, (_, i) => connect(contexts.filter((_, j) => j % k === groupOf(i))));
+    // Per group, the first connection ready answers block status (a server that takes fewer
+    // clients, like qemu-nbd -e 1, answers whichever came first).
+    const chosen = await Promise.allSettled(Array.from({ length: k }, (_, g) => Promise.any(attempts.filter((_, i) => groupOf(i) === g))));
+    const status = chosen.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const first = status[0];
+    if (status.length < k || (k > 1 && !first!.info.canMultiConn)) {
+      for (const a of attempts) void a.then((c) => c.destroy(), () => undefined);
+      const failed = chosen.find((r) => r.status === 'rejected');
+      if (!first) throw failed && failed.reason instanceof AggregateError ? (failed.reason.errors[0] as Error) : (failed?.reason as Error);
+      options.log?.debug('NBD contexts cannot be shared out over connections; one connection with all of them', { server: first.description, ...(failed ? { error: errorMessage(failed.reason) } : {}) });
+      return whole();
     }
-    const others = attempts.map((a) => a.then((c) => (c === first ? undefined : c)));
-    if (!first.info.canMultiConn) {
-      options.log?.debug('nbd server does not allow multi-conn; using one connection', { server: first.description });
+    const others = attempts.map((a) => a.then((c) => (status.includes(c) ? undefined : c)));
+    if (!first!.info.canMultiConn) {
+      options.log?.debug('nbd server does not allow multi-conn; using one connection', { server: first!.description });
       for (const o of others) void o.then((c) => c?.destroy(), () => undefined);
-      return new NbdSession([first], first.description);
+      return new NbdSession(status, status, first!.description);
     }
-    // A server that accepts fewer clients (qemu-nbd -e 1) never answers the rest: wait a while.
+    // The rest only carry reads. A server that accepts fewer clients never answers some: wait a while.
     const timeoutMs = options.extraConnectionTimeoutMs ?? 10_000;
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), timeoutMs)));
     const settled = await Promise.all(others.map((o) => Promise.race([o.then((c) => ({ c }), (e: unknown) => ({ e })), late])));
     clearTimeout(timer);
-    const connections = [first];
+    const connections = [...status];
     settled.forEach((r, i) => {
       if (r === 'late') {
         // Closed whenever it does open; it is not used.
         void others[i]!.then((c) => c?.destroy(), () => undefined);
-        options.log?.warn('extra NBD connection failed; continuing with fewer', { server: first.description, error: `no handshake within ${timeoutMs} ms` });
+        options.log?.warn('extra NBD connection failed; continuing with fewer', { server: first!.description, error: `no handshake within ${timeoutMs} ms` });
       } else if ('c' in r) {
         if (r.c) connections.push(r.c);
-      } else options.log?.warn('extra NBD connection failed; continuing with fewer', { server: first.description, error: errorMessage(r.e) });
+      } else options.log?.warn('extra NBD connection failed; continuing with fewer', { server: first!.description, error: errorMessage(r.e) });
     });
-    return new NbdSession(connections, first.description);
+    return new NbdSession(connections, status, first!.description);
   }
 
+  /** The export's facts; `contexts` names every context the session answers, whichever connection does. */
   get info(): ExportInfo {
-    return this.connections[0]!.info;
+    const info = this.status[0]!.info;
+    if (this.status.length === 1) return info;
+    return { ...info, contexts: new Map(this.status.flatMap((c) => [...c.info.contexts])) };
   }
 
   /** The first connection's pacing, with bytes in flight scaled by the number of connections. */
@@ -109,7 +126,8 @@ export class NbdSession implements NbdSource {
   }
 
   blockStatus(offset: number, length: number): Promise<BlockStatus> {
-    return this.connections[0]!.blockStatus(offset, length);
+    if (this.status.length === 1) return this.status[0]!.blockStatus(offset, length);
+    return Promise.all(this.status.map((c) => c.blockStatus(offset, length))).then((parts) => new Map(parts.flatMap((p) => [...p])));
   }
 
   /** Closes every connection gracefully (outstanding replies first). */

@@ -7,6 +7,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Logger } from '../../../src/log.js';
 import { restoreDomain } from '../../../strategies/libvirt-ssh/restore.js';
 import { createDomain, destroyDomain, diskDigest, expectOnlyNewestBitmap, guestWrites, harness, hypervisorState, KiB, labEnv, liveBitmaps, MiB, scatteredWrites, sh, tryVirsh, virsh, type LabEnv } from './fixture.js';
 
@@ -37,6 +38,21 @@ function novaHardReboot(name: string, between?: () => void): void {
   virsh('start', name);
 }
 
+/** The hypervisor round trips of a run, in order ("sh", "virsh cmd,cmd"), from the strategy's debug log. */
+function hypervisorCalls(): { log: Logger; after(command: string): string | undefined } {
+  const calls: string[] = [];
+  const log: Logger = {
+    debug: (m, f) => {
+      if (m === 'hypervisor sh') calls.push('sh');
+      else if (m === 'hypervisor virsh') calls.push(`virsh ${(f!['commands'] as string[]).join(',')}`);
+    },
+    info: () => {},
+    warn: () => {},
+    error: () => {},
+  };
+  return { log, after: (command) => calls[calls.findIndex((c) => c.startsWith(`virsh ${command}`)) + 1] };
+}
+
 describe('Nova undefines the domain between backups (hard reboot)', () => {
   const name = `vpt-lost-${process.pid}`;
 
@@ -51,8 +67,11 @@ describe('Nova undefines the domain between backups (hard reboot)', () => {
     guestWrites(name, 0, scatteredWrites(16, 64 * KiB, 11, 8 * MiB, 60 * MiB));
     novaHardReboot(name);
     expect(tryVirsh('checkpoint-list', name, '--name')?.trim()).toBe('');
-    const inc = await h.backup('auto');
+    const incCalls = hypervisorCalls();
+    const inc = await h.backup('auto', { log: incCalls.log });
     expect(inc.level, inc.disks[0]!.reason).toBe('incremental');
+    // The plan's shell round trip wrote the snapshot's journal and job files: backup-begin follows the redefine directly.
+    expect(incCalls.after('checkpoint-create')).toBe('virsh backup-begin,checkpoint-dumpxml');
     expect(inc.disks[0]!.dataBytes).toBe(16 * 64 * KiB);
     expect(await h.restoredDigest(inc.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
     await expectOnlyNewestBitmap(h, name, 'after the incremental');
@@ -62,8 +81,11 @@ describe('Nova undefines the domain between backups (hard reboot)', () => {
     const [bitmap] = liveBitmaps(name, dom.disks[0]!.path);
     expect(bitmap).toMatch(/^vprotect-run-/);
     novaHardReboot(name, () => sh('qemu-img', ['bitmap', '--remove', dom.disks[0]!.path, bitmap]));
-    const fallback = await h.backup('auto');
+    const fallbackCalls = hypervisorCalls();
+    const fallback = await h.backup('auto', { log: fallbackCalls.log });
     expect(fallback.level).toBe('full');
+    // The failed redefine changed the plan: the snapshot writes the full job's files again first.
+    expect(fallbackCalls.after('checkpoint-create')).toBe('sh');
     expect(fallback.disks[0]!.reason).toMatch(/checkpoint vprotect-run-\S+ is gone and could not be redefined/);
     expect(await h.restoredDigest(fallback.pointId, 'vda')).toBe(diskDigest(env, name, 'vda'));
     await expectOnlyNewestBitmap(h, name, 'after the fallback full');

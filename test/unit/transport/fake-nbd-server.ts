@@ -42,6 +42,8 @@ export class FakeNbdServer {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
   contextIds = new Map<string, number>();
+  /** Context ids each client negotiated (SET_META_CONTEXT): block status answers those. */
+  readonly negotiated = new WeakMap<net.Socket, number[]>();
 
   private constructor(readonly script: ServerScript) {
     this.dir = mkdtempSync(join(tmpdir(), 'vp-fake-nbd-'));
@@ -135,6 +137,7 @@ export class FakeNbdServer {
         p += 4 + l;
       }
       const grant = opt === 9 && asked.length === 0 ? [...this.contextIds.keys()] : asked.filter((a) => this.contextIds.has(a));
+      if (opt === 10) this.negotiated.set(sock, grant.map((name) => this.contextIds.get(name)!));
       for (const name of grant) {
         const payload = Buffer.alloc(4 + Buffer.byteLength(name));
         payload.writeUInt32BE(this.contextIds.get(name)!, 0);
@@ -234,7 +237,7 @@ export function serveDisk(req: Request, sock: net.Socket, server: FakeNbdServer)
   if (req.type === 0) {
     sock.write(offsetData(req, req.offset, disk.subarray(req.offset, req.offset + req.length), true));
   } else if (req.type === 7) {
-    const ids = [...server.contextIds.values()];
+    const ids = server.negotiated.get(sock) ?? [...server.contextIds.values()];
     ids.forEach((id, i) => sock.write(blockStatusChunk(req, id, [[req.length, 0]], i === ids.length - 1)));
   } else {
     sock.write(simpleReply(req, 22));

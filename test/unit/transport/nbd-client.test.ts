@@ -449,7 +449,7 @@ describe('opening a session over several connections', () => {
     return connectSocketChannel({ path: server!.path });
   };
 
-  it('opens every connection at once, each with the contexts, and reads through all of them', async () => {
+  it('opens every connection at once and reads through all of them', async () => {
     const disk = randomBytes(2 * MiB);
     server = await FakeNbdServer.start({ disk, flags: MULTI_CONN, contexts: ['base:allocation'] });
     const t0 = Date.now();
@@ -461,10 +461,39 @@ describe('opening a session over several connections', () => {
     await session.close();
   });
 
-  it('keeps one connection when the server does not allow multi-conn', async () => {
-    server = await FakeNbdServer.start({ size: MiB, contexts: ['base:allocation'] });
-    const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: FULL_READ_CONTEXTS, connections: 3 });
+  it('shares the contexts out: each connection answers block status for one, in one chunk', async () => {
+    const size = 1 * MiB;
+    const disk = randomBytes(size);
+    const asked = new Map<net.Socket, number>();
+    server = await FakeNbdServer.start({
+      disk,
+      flags: MULTI_CONN,
+      contexts: ['base:allocation', 'qemu:dirty-bitmap:b'],
+      onRequest: (req, sock, srv) => {
+        if (req.type !== 7) return serveDisk(req, sock, srv);
+        asked.set(sock, (asked.get(sock) ?? 0) + 1);
+        const [id, ...more] = srv.negotiated.get(sock)!;
+        expect(more).toEqual([]);
+        // allocation: all data; bitmap: the second 64 KiB dirty
+        const descs: Array<[number, number]> = id === 10 ? [[size, 0]] : [[64 * KiB, 0], [64 * KiB, 1], [size - 128 * KiB, 0]];
+        sock.write(blockStatusChunk(req, id, descs, true));
+      },
+    });
+    const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: dirtyReadContexts('b'), connections: 2 });
+    expect(session.connectionCount).toBe(2);
+    expect([...session.info.contexts.keys()].sort()).toEqual(['base:allocation', 'qemu:dirty-bitmap:b']);
+    const extents = await collectExtents(readDirty(session, 'b'));
+    await session.close();
+    expect(extents.map((e) => [e.offset, e.length])).toEqual([[64 * KiB, 64 * KiB]]);
+    expect(extents[0]!.data!.equals(disk.subarray(64 * KiB, 128 * KiB))).toBe(true);
+    expect([...asked.values()]).toEqual([1, 1]);
+  });
+
+  it('keeps one connection with every context when the server does not allow multi-conn', async () => {
+    server = await FakeNbdServer.start({ size: MiB, contexts: ['base:allocation', 'qemu:dirty-bitmap:b'] });
+    const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: dirtyReadContexts('b'), connections: 3 });
     expect(session.connectionCount).toBe(1);
+    expect(await collectExtents(readDirty(session, 'b'))).toEqual([]);
     await session.close();
   });
 
