@@ -476,7 +476,7 @@ describe('opening a session over several connections', () => {
         expect(more).toEqual([]);
         // allocation: all data; bitmap: the second 64 KiB dirty
         const descs: Array<[number, number]> = id === 10 ? [[size, 0]] : [[64 * KiB, 0], [64 * KiB, 1], [size - 128 * KiB, 0]];
-        sock.write(blockStatusChunk(req, id, descs, true));
+        sock.write(blockStatusChunk(req, id!, descs, true));
       },
     });
     const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: dirtyReadContexts('b'), connections: 2 });
