@@ -77,6 +77,24 @@ describe('page-aligned buffers and DataFile', () => {
     expect(content.subarray(whole.length + 10_000).equals(bytes(777, 99))).toBe(true);
   });
 
+  it('CoalescingWriter.close: the whole pages of the last buffer can go direct; only the partial last page cannot', async () => {
+    const data = bytes(300_000, 7);
+    const writes: [number, number][] = [];
+    const { content } = await withFile('d', async (file) => {
+      const write = file.write.bind(file);
+      file.write = (d: Buffer, position: number) => {
+        writes.push([position, d.length]);
+        return write(d, position);
+      };
+      const w = new CoalescingWriter(file, 1 << 20); // everything is still in the first buffer at close
+      await w.write(0, data);
+      await w.close();
+    });
+    expect(content.equals(data)).toBe(true);
+    const pages = 300_000 - (300_000 % 4096);
+    expect(writes).toEqual([[0, pages], [pages, 300_000 - pages]]);
+  });
+
   it('DirectReader: whole pages, the short tail of a file, and what it declines', async () => {
     const path = join(dir, 'r');
     const content = bytes(3 * 4096 + 1000, 42);
