@@ -260,8 +260,14 @@ async function* execute(
     buffer?: Buffer;
   }
   // Recycled destination buffers (reuseBuffers): at most one per request in flight, plus the
-  // one whose extents the consumer holds.
+  // one whose extents the consumer holds. Each is as large as the read it was first made for: a
+  // maxRequest-sized one for every 64 KiB dirty range (an incremental) cost an mmap and page
+  // faults each, measured ~30% more CPU for 256 such reads and the first extent 3× later.
   const free: Buffer[] = [];
+  const bufferFor = (length: number): Buffer => {
+    for (let i = free.length - 1; i >= 0; i--) if (free[i]!.length >= length) return free.splice(i, 1)[0]!;
+    return Buffer.allocUnsafe(length);
+  };
   const queue: Entry[] = [];
   let bytes = 0;
   let reads = 0;
@@ -280,7 +286,7 @@ async function* execute(
         const op = next.value;
         const entry: Entry = { op };
         if (op.kind === 'read') {
-          if (options.reuseBuffers) entry.buffer = free.pop() ?? Buffer.allocUnsafe(limits.maxRequest);
+          if (options.reuseBuffers) entry.buffer = bufferFor(op.length);
           entry.data = source.read(op.offset, op.length, entry.buffer);
           // Observed later in order; a failure here must not become an unhandled rejection.
           entry.data.catch(() => {});
@@ -306,7 +312,7 @@ async function* execute(
       if (data.length !== head.op.length) throw new NbdProtocolError(source.description, `READ ${head.op.offset}+${head.op.length} returned ${data.length} bytes`);
       yield* splitZeroBlocks(head.op.offset, data, limits.zeroBlock);
       // The consumer asked for the next extent: by the reuseBuffers contract it is done with these.
-      if (head.buffer) free.push(head.buffer);
+      if (head.buffer && free.length <= limits.maxReads) free.push(head.buffer);
     }
   } finally {
     await ops.return(undefined);

@@ -540,3 +540,41 @@ describe('request batching', () => {
     expect(writes).toBeLessThanOrEqual(3);
   });
 });
+
+describe('recycled read buffers (reuseBuffers)', () => {
+  it('are as large as their reads: small dirty ranges get small buffers, bytes right at every size', async () => {
+    const size = 8 * MiB;
+    const disk = randomBytes(size);
+    // Dirty: 16 scattered 64 KiB ranges, then one 1 MiB run (two 512 KiB reads).
+    const dirty: Array<[number, number]> = [];
+    for (let i = 0; i < 16; i++) dirty.push([i * 256 * KiB, 64 * KiB]);
+    dirty.push([6 * MiB, MiB]);
+    const descs: Array<[number, number]> = [];
+    let at = 0;
+    for (const [o, l] of dirty) {
+      if (o > at) descs.push([o - at, 0]);
+      descs.push([l, 1]);
+      at = o + l;
+    }
+    descs.push([size - at, 0]);
+    server = await FakeNbdServer.start({
+      disk,
+      contexts: ['base:allocation', 'qemu:dirty-bitmap:b'],
+      onRequest: (req, sock, srv) => {
+        if (req.type !== 7) return serveDisk(req, sock, srv);
+        sock.write(blockStatusChunk(req, 10, [[size, 0]], false));
+        sock.write(blockStatusChunk(req, 11, descs, true));
+      },
+    });
+    const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: dirtyReadContexts('b') });
+    const seen: Array<[number, number, number]> = [];
+    for await (const e of readDirty(session, 'b', { reuseBuffers: true, maxRequestBytes: 512 * KiB })) {
+      // Checked before asking for the next extent, as the contract allows.
+      expect(e.data!.equals(disk.subarray(e.offset, e.offset + e.length))).toBe(true);
+      seen.push([e.offset, e.length, e.data!.buffer.byteLength]);
+    }
+    await session.close();
+    expect(seen.map(([o, l]) => [o, l])).toEqual([...dirty.slice(0, 16), [6 * MiB, 512 * KiB], [6 * MiB + 512 * KiB, 512 * KiB]]);
+    for (const [, l, bytes] of seen.slice(0, 16)) expect(bytes, `buffer of a ${l}-byte read`).toBeLessThan(512 * KiB);
+  });
+});
