@@ -9,10 +9,9 @@ import { UnavailableError, VprotectError, errorMessage } from '../../src/errors.
 import type { HypervisorConfig } from '../../src/inventory/types.js';
 import type { Logger } from '../../src/log.js';
 import { CommandFailedError } from '../../src/transport/command.js';
-import { shellJoin } from '../../src/transport/quote.js';
 import { commandFailedError } from '../../src/transport/ssh/connection.js';
 import type { ExecResult, SshConnection } from '../../src/transport/ssh.js';
-import { newBoundary, splitVirshMulti, virshMultiArgv, type StepResult } from './batch.js';
+import { inlineCommand, newBoundary, splitVirshMulti, virshMultiArgv, type StepResult } from './batch.js';
 import { PersistentShell, PersistentVirsh, ProcessLostError, ProcessStartError, virshCanCarry } from './persistent.js';
 
 /** A libvirt/virsh failure with libvirt's own message ("error: …") as the message. */
@@ -87,7 +86,7 @@ export class Hypervisor {
   async exec(argv: string[], opts: { stdin?: string | Buffer } & CallOptions = {}): Promise<ExecResult> {
     const started = Date.now();
     if (this.kept && opts.stdin === undefined) {
-      const r = await this.shellScript(shellJoin(argv), opts, argv);
+      const r = await this.shellScript(inlineCommand(argv), opts, argv);
       if (r) return r;
     }
     const signal = this.signalOf(opts);

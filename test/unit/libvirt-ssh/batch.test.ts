@@ -6,7 +6,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { batchScript, parseBatch, splitVirshMulti, writeFileStep, type Step } from '../../../strategies/libvirt-ssh/batch.js';
+import { batchScript, inlineBatchScript, parseBatch, parseInlineBatch, splitVirshMulti, writeFileStep, type Step } from '../../../strategies/libvirt-ssh/batch.js';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,6 +50,37 @@ describe('command batches', () => {
 
   it('garbled output is an error, never a wrong result', () => {
     expect(() => parseBatch(`\n${B} 0 0\nout\n${B} 9 0\n`, B, 1)).toThrow(/garbled/);
+  });
+});
+
+describe('the persistent shell\'s inline batches', () => {
+  function runInline(steps: Step[]) {
+    const script = inlineBatchScript(steps, B);
+    const r = spawnSync('sh', ['-c', `umask 077\n${script}`], { encoding: 'utf8' });
+    return { script, results: parseInlineBatch(r.stdout, r.stderr, B, steps.length) };
+  }
+
+  it('runs `sh -c` steps in a subshell, no sh started: arguments stay data, nothing leaks to the next step', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vp-inline-'));
+    try {
+      const nasty = `it's "$(touch /tmp/pwned-by-vprotect-test)" \`id\` ; exit 9 \n\\'\nnext`;
+      const content = `{"a": "it's $(x)"}\n\nlast line without newline`;
+      const { script, results } = runInline([
+        { argv: ['sh', '-c', 'printf %s "$1"; echo err >&2; exit 3', 'sh', nasty], mayFail: true },
+        writeFileStep(join(dir, 'j.json'), content, '0644'),
+        { argv: ['sh', '-c', 'umask; printf %s "$#"', 'sh'] },
+      ]);
+      expect(script).not.toMatch(/'sh' '-c'|\bsh -c\b/);
+      expect(results[0]).toEqual({ code: 3, stdout: nasty, stderr: 'err\n' });
+      expect(results[1]!.code).toBe(0);
+      expect(readFileSync(join(dir, 'j.json'), 'utf8')).toBe(content);
+      expect(statSync(join(dir, 'j.json')).mode & 0o777).toBe(0o644);
+      // The file step's umask and arguments stayed in its subshell.
+      expect(results[2]).toEqual({ code: 0, stdout: '0077\n0', stderr: '' });
+      expect(spawnSync('test', ['-e', '/tmp/pwned-by-vprotect-test']).status).not.toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
