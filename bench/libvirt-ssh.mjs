@@ -54,7 +54,7 @@ if (args[0] === '--child') {
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const u = process.resourceUsage();
   const d = r.disks[0];
-  process.stdout.write(JSON.stringify({ pointId: r.pointId, level: r.level, storedBytes: d.storedBytes, dataBytes: d.dataBytes, seconds, maxRssKiB: u.maxRSS, userS: u.userCPUTime / 1e6, sysS: u.systemCPUTime / 1e6 }) + '\n');
+  process.stdout.write(JSON.stringify({ pointId: r.pointId, level: r.level, storedBytes: d.storedBytes, dataBytes: d.dataBytes, seconds, maxRssKiB: u.maxRSS, userS: u.userCPUTime / 1e6, sysS: u.systemCPUTime / 1e6, minorFaults: u.minorPageFault }) + '\n');
   process.exit(0);
 }
 
