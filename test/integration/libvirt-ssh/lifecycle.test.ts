@@ -83,7 +83,7 @@ describe('Nova undefines the domain between backups (hard reboot)', () => {
     guestWrites(name, 0, scatteredWrites(4, 64 * KiB, 12, 8 * MiB, 60 * MiB));
     const [bitmap] = liveBitmaps(name, dom.disks[0]!.path);
     expect(bitmap).toMatch(/^vprotect-run-/);
-    novaHardReboot(name, () => sh('qemu-img', ['bitmap', '--remove', dom.disks[0]!.path, bitmap]));
+    novaHardReboot(name, () => sh('qemu-img', ['bitmap', '--remove', dom.disks[0]!.path, bitmap!]));
     const fallbackCalls = hypervisorCalls();
     const fallback = await h.backup('auto', { log: fallbackCalls.log });
     expect(fallback.level).toBe('full');

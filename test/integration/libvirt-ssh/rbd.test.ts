@@ -11,6 +11,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Inventory } from '../../../src/inventory/types.js';
+import type { ConsistencyReport } from '../../../src/strategy/contract.js';
 import { createDomain, destroyDomain, diskDigest, expectOnlyNewestBitmap, guestWrites, harness, hypervisorState, KiB, labEnv, MiB, scatteredWrites, sh, type LabEnv } from './fixture.js';
 
 let env: LabEnv;
@@ -79,9 +80,10 @@ describe('a domain with a qcow2 file disk and an RBD disk', () => {
     const reasons = Object.fromEntries(full.disks.map((d) => [d.key, d.reason]));
     expect(reasons['vda']).toMatch(/checkpoint/);
     expect(reasons['vdb']).toMatch(/RBD snapshot/);
-    expect(full.consistency.level).toBe('app');
-    expect(full.consistency.note).toMatch(/2 snapshot calls \(backup job, 1 RBD snapshot\(s\)\) made with the domain paused/);
-    expect(full.consistency.hooks?.map((x) => `${x.phase}:${x.ok}`)).toEqual(['pre:true', 'post:true']);
+    const consistency = full.consistency as ConsistencyReport;
+    expect(consistency.level).toBe('app');
+    expect(consistency.note).toMatch(/2 snapshot calls \(backup job, 1 RBD snapshot\(s\)\) made with the domain paused/);
+    expect(consistency.hooks?.map((x) => `${x.phase}:${x.ok}`)).toEqual(['pre:true', 'post:true']);
     expect(vprotectSnaps()).toEqual([`vprotect-${full.pointId}`]);
     const ref0 = { vda: diskDigest(env, name, 'vda'), vdb: snapDigest(`vprotect-${full.pointId}`) };
     expect(await h.restoredDigest(full.pointId, 'vda')).toBe(ref0.vda);

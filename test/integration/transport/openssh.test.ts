@@ -16,6 +16,7 @@ import { FULL_READ_CONTEXTS, NbdSession, readFull } from '../../../src/transport
 import { OpenSshForward } from '../../../src/transport/ssh/openssh.js';
 import { SshConnection, sshTarget } from '../../../src/transport/ssh.js';
 import { collectExtents, expectSameAsReference } from '../../helpers/extents.js';
+import { rejectionOf } from '../../helpers/errors.js';
 import { requireLab, type LabSsh } from '../../helpers/lab.js';
 import { makeQemuDisk, MiB, startQemuNbd, type QemuDisk, type QemuNbdServer } from './qemu-fixture.js';
 
@@ -144,7 +145,7 @@ describe('OpenSSH data channel', () => {
         server.socket,
         { startTimeoutMs: 15_000 },
       );
-      const err = await forward.dial().catch((e: unknown) => e as Error);
+      const err = await rejectionOf(forward.dial());
       expect(err).toBeInstanceOf(AuthError);
       expect(err.message).toMatch(/OpenSSH refused the host key of the data channel: the host did not present the key pinned for it \(SHA256:/);
       expect(forwarders(server.socket)).toHaveLength(0);
@@ -222,7 +223,7 @@ describe('OpenSSH data channel', () => {
     const conn = await connect();
     try {
       const missing = join(scratch, 'no-such.sock');
-      const err = await NbdSession.open(conn.nbdDialer({ path: missing }), { exportName: '' }).catch((e: unknown) => e as Error);
+      const err = await rejectionOf(NbdSession.open(conn.nbdDialer({ path: missing }), { exportName: '' }));
       expect(err).toBeInstanceOf(UnavailableError);
       expect(err.message).toMatch(/cannot open unix socket .*no-such\.sock on root@127\.0\.0\.1:2222 \(hv1\)/);
       await waitFor(() => forwarders(missing).length === 0);
@@ -277,7 +278,7 @@ describe('OpenSSH data channel', () => {
     expect(opensshUnusableReason(target)).toMatch(/passphrase/);
     expect(opensshUnusableReason({ ...target, keyFile: undefined, privateKey: undefined, passphrase: undefined })).toMatch(/password/);
     expect(opensshUnusableReason(sshTarget(hv, env), join(scratch, 'no-ssh-here'))).toMatch(/not installed/);
-    const err = await connect(hv, { dataChannel: 'openssh', opensshBinary: join(scratch, 'no-ssh-here') }).catch((e: unknown) => e as Error);
+    const err = await rejectionOf(connect(hv, { dataChannel: 'openssh', opensshBinary: join(scratch, 'no-ssh-here') }));
     expect(err).toBeInstanceOf(ConfigError);
     expect(err.message).toMatch(/OpenSSH data channel was required but cannot be used: .*no-ssh-here is not installed/);
   });
