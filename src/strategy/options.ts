@@ -13,7 +13,7 @@ export const strategyOptionSchemas = {
       python: { type: 'string', pattern: '^[A-Za-z0-9_./+-]+$', description: 'interpreter of the stream helper on the hypervisor (default python3)' },
       atomic: { type: 'boolean', description: 'snapshot all disks of a VM in one atomic operation' },
       excludeDisks: { type: 'array', items: { type: 'string', minLength: 1 }, description: 'disk targets (vdb, sdc) not to back up' },
-      parallelDisks: { type: 'integer', minimum: 1, maximum: 16 },
+      parallelDisks: { type: 'integer', minimum: 1, maximum: 16, description: 'not built yet: disks are read one after the other (a value above 1 logs a warning)' },
       workDir: { type: 'string', pattern: '^/', description: 'directory on the hypervisor for per-run scratch files, NBD sockets and the run journal (default /var/tmp/vprotect)' },
     },
   },

@@ -53,6 +53,8 @@ export async function openSession(target: BackupTarget, ctx: StrategyContext): P
   if (!target.hypervisor) throw new UsageError(`${target.vmName}: no hypervisor for the libvirt-ssh strategy`, { hint: 'map the VM\'s host to an inventory hypervisor, or use --hypervisor' });
   if (!target.domain) throw new UsageError(`${target.vmName}: no libvirt domain name`);
   const options = parseOptions(ctx.options);
+  // Accepted so that inventories written for it stay valid, but not built yet: say so rather than ignore it.
+  if (options.parallelDisks > 1) ctx.log.warn(`${target.vmName}: parallelDisks ${options.parallelDisks} has no effect yet: disks are read one after the other`);
   const borrowed = await borrowConnection(target.hypervisor, ctx.env, ctx.log);
   let hv: Hypervisor | undefined;
   try {
