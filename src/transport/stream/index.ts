@@ -7,13 +7,14 @@ import type { Logger } from '../../log.js';
 import type { ReadPacing } from '../nbd/channel.js';
 import type { SshConnection } from '../ssh/connection.js';
 import { DEFAULT_INTERPRETER } from './helper.js';
-import { RemoteStream, StreamUnavailableError, type RemoteStreamOptions } from './remote-stream.js';
+import { StreamUnavailableError } from './frames.js';
+import { RemoteStream, type RemoteStreamOptions } from './remote-stream.js';
 import type { RangeReader } from './switching-source.js';
 
-export { RemoteStream, StreamUnavailableError, type RemoteStreamOptions, type StreamCarrier } from './remote-stream.js';
+export { RemoteStream, type RemoteStreamOptions, type StreamCarrier } from './remote-stream.js';
 export { SwitchingSource, type RangeReader, type SwitchingOptions } from './switching-source.js';
 export { DEFAULT_INTERPRETER } from './helper.js';
-export { FrameReader, StreamProtocolError } from './frames.js';
+export { FrameReader, StreamProtocolError, StreamUnavailableError } from './frames.js';
 
 /**
  * Reads through the stream: 512 KiB requests (qemu serves many medium reads in parallel

@@ -52,8 +52,6 @@ export interface RemoteStreamOptions {
   signal?: AbortSignal;
 }
 
-export { StreamUnavailableError };
-
 interface Exit {
   code: number | null;
   signal: string | null;

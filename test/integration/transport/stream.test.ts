@@ -56,7 +56,13 @@ afterAll(async () => {
 });
 
 /** The NBD session (ssh2, block status) plus a stream started at once, as readDisk sets them up. */
-async function streamed(socket: string, contexts: readonly string[], opts: { carrier?: StreamCarrier; interpreter?: string; signal?: AbortSignal; waitForStream?: boolean } = {}) {
+type Streamed = { streams: DataStream; session: NbdSession; source: SwitchingSource };
+
+/**
+ * Runs `body` with an NBD session on `socket` whose reads switch to a data stream, and closes
+ * both afterwards whatever happened (an aborted session is destroyed).
+ */
+async function withStreamed<T>(socket: string, contexts: readonly string[], opts: { carrier?: StreamCarrier; interpreter?: string; signal?: AbortSignal; waitForStream?: boolean }, body: (s: Streamed) => Promise<T>): Promise<T> {
   const streams = new DataStream(conn, {
     socket,
     exportName: '',
@@ -71,7 +77,12 @@ async function streamed(socket: string, contexts: readonly string[], opts: { car
   if (opts.waitForStream) expect(ready).toBeDefined();
   const source = new SwitchingSource(session, () => (opts.waitForStream ? Promise.resolve(ready) : streams.use(session.info.size)), { startAfterBytes: 0, firstBytesWhileStarting: 1 * MiB, pacing: STREAM_PACING });
   source.start();
-  return { streams, session, source };
+  try {
+    return await body({ streams, session, source });
+  } finally {
+    await source.close();
+    await session.close().catch(() => session.destroy());
+  }
 }
 
 /** Processes (local ssh, remote sh/python3 — both on this machine) whose command line names `socket`. */
@@ -92,8 +103,7 @@ async function waitFor(cond: () => boolean, ms = 8000): Promise<void> {
 describe.each(['openssh', 'ssh2'] as const)('data stream through %s', (carrier) => {
   it('full read: bit-identical to the image, the data through the stream', async () => {
     // The disk holds ~5 MiB: wait for the stream, or NBD would carry it all while ssh starts.
-    const { streams, session, source } = await streamed(server.socket, FULL_READ_CONTEXTS, { carrier, waitForStream: true });
-    try {
+    await withStreamed(server.socket, FULL_READ_CONTEXTS, { carrier, waitForStream: true }, async ({ streams, source }) => {
       const extents = await collectExtents(readFull(source, { reuseBuffers: false }));
       await source.finish();
       expectSameAsReference(extents, disk.reference);
@@ -101,16 +111,12 @@ describe.each(['openssh', 'ssh2'] as const)('data stream through %s', (carrier) 
       expect(source.switched).toBe(true);
       expect(source.served.nextBytes).toBeGreaterThan(0);
       expect(streams.description).toContain(`(stream, ${carrier})`);
-    } finally {
-      await source.close();
-      await session.close();
-    }
+    });
     await waitFor(() => processesFor(server.socket).length === 0);
   }, 60_000);
 
   it('incremental (dirty bitmap) read: the dirty ranges, bit-identical, with reused buffers', async () => {
-    const { session, source } = await streamed(server.socket, dirtyReadContexts(disk.bitmap), { carrier });
-    try {
+    await withStreamed(server.socket, dirtyReadContexts(disk.bitmap), { carrier }, async ({ source }) => {
       // reuseBuffers: each extent's bytes are checked before the next is asked for (the contract).
       let covered = 0;
       for await (const e of readDirty(source, disk.bitmap, { reuseBuffers: true })) {
@@ -121,19 +127,15 @@ describe.each(['openssh', 'ssh2'] as const)('data stream through %s', (carrier) 
       await source.finish();
       // 64 KiB at 8 MiB, 1 MiB at 32.5 MiB (zero), 128 KiB at 60 MiB: the bitmap's clusters.
       expect(covered).toBe(64 * 1024 + MiB + 128 * 1024);
-    } finally {
-      await source.close();
-      await session.close();
-    }
+    });
   }, 60_000);
 });
 
 it('256 MiB through the stream equals the image (many frames, reused buffers)', async () => {
-  const { source, session } = await streamed(big.socket, FULL_READ_CONTEXTS);
   execFileSync('qemu-img', ['convert', '-O', 'raw', join(scratch, 'big.qcow2'), join(scratch, 'big.raw')]);
   const reference = readFileSync(join(scratch, 'big.raw'));
   rmSync(join(scratch, 'big.raw'));
-  try {
+  await withStreamed(big.socket, FULL_READ_CONTEXTS, {}, async ({ source }) => {
     let end = 0;
     for await (const e of readFull(source, { reuseBuffers: true })) {
       expect(e.offset).toBe(end);
@@ -144,16 +146,12 @@ it('256 MiB through the stream equals the image (many frames, reused buffers)', 
     expect(end).toBe(reference.length);
     await source.finish();
     expect(source.served.nextBytes).toBeGreaterThan(200 * MiB);
-  } finally {
-    await source.close();
-    await session.close();
-  }
+  });
 }, 120_000);
 
 it('without the interpreter on the host: reads fall back to NBD, bit-identical, and say why', async () => {
   debug.length = 0;
-  const { streams, session, source } = await streamed(server.socket, FULL_READ_CONTEXTS, { interpreter: 'python3-not-on-this-host' });
-  try {
+  await withStreamed(server.socket, FULL_READ_CONTEXTS, { interpreter: 'python3-not-on-this-host' }, async ({ streams, source }) => {
     const extents = await collectExtents(readFull(source));
     await source.finish();
     expectSameAsReference(extents, disk.reference);
@@ -165,10 +163,7 @@ it('without the interpreter on the host: reads fall back to NBD, bit-identical, 
     // Remembered for this connection and interpreter: further disks do not start ssh again.
     expect(knownStreamFallback(conn, 'python3-not-on-this-host')).toBe(streams.fallbackReason);
     expect(knownStreamFallback(conn)).toBeUndefined();
-  } finally {
-    await source.close();
-    await session.close();
-  }
+  });
   await waitFor(() => processesFor(server.socket).length === 0);
 }, 60_000);
 
@@ -281,10 +276,9 @@ it('an OpenSSH exit status of 255 is told as ssh failing, not the helper', async
 
 it.each(['openssh', 'ssh2'] as const)('abort in the middle of a read (Ctrl-C) through %s leaves no helper and no ssh process', async (carrier) => {
   const ac = new AbortController();
-  const { session, source } = await streamed(big.socket, FULL_READ_CONTEXTS, { carrier, signal: ac.signal });
   let read = 0;
-  const err = await (async () => {
-    try {
+  const err = await rejectionOf(
+    withStreamed(big.socket, FULL_READ_CONTEXTS, { carrier, signal: ac.signal }, async ({ source }) => {
       for await (const e of readFull(source, { reuseBuffers: true, signal: ac.signal })) {
         read += e.length;
         if (read >= 32 * MiB && source.switched) {
@@ -293,14 +287,8 @@ it.each(['openssh', 'ssh2'] as const)('abort in the middle of a read (Ctrl-C) th
           ac.abort(new InterruptedError());
         }
       }
-    } catch (e) {
-      return e as Error;
-    } finally {
-      await source.close();
-      await session.close().catch(() => session.destroy());
-    }
-    return undefined;
-  })();
+    }),
+  );
   expect(err).toBeInstanceOf(InterruptedError);
   expect(read).toBeLessThan(256 * MiB);
   await waitFor(() => processesFor(big.socket).length === 0).catch(() => {
