@@ -152,6 +152,11 @@ class PersistentProcess {
     } catch (err) {
       throw new ProcessStartError(`could not start the persistent ${this.what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
     }
+    // close() ran while it was starting: nobody would end this process.
+    if (this.unusable) {
+      proc.kill();
+      throw this.unusable;
+    }
     const run: Running = { proc, out: new Collected(), err: new Collected(), ended: false, wake: undefined };
     const decoder = new StringDecoder('utf8');
     // The handlers keep filling `run` after it stopped being this.running (close, a timeout):
@@ -313,7 +318,7 @@ const PROBE_MS = 10_000;
  * own line; the last one (`echo` with adjacent quotes, so that the echoed input line does not
  * hold the text it prints) ends the reply in every virsh.
  */
-export async function probeVirsh(request: (input: string, complete: Complete, opts: RequestOptions) => Promise<{ out: string; err: string }>): Promise<void> {
+async function probeVirsh(request: (input: string, complete: Complete, opts: RequestOptions) => Promise<{ out: string; err: string }>): Promise<void> {
   const b = newBoundary();
   const input = `echo --split ${b},,a\necho --err ${b}-x\necho '${b}-pro''bed'\n`;
   // Either the marker or virsh's complaint about the option comes on stderr: wait for a whole line of it.

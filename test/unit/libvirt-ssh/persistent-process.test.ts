@@ -37,11 +37,13 @@ function fakeConn(cmd: string, args: string[], delayMs = 0, virsh?: string[]) {
   const conn = {
     starts: 0,
     execs: [] as string[][],
+    started: [] as RemoteProcess[],
     async execStream(argv: readonly string[]): Promise<RemoteProcess> {
       conn.starts++;
       if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
-      if (virsh && argv[0] === 'virsh') return local('sh', virsh);
-      return local(cmd, args, virsh ? { ...process.env, PATH: `${binDir()}:${process.env['PATH']}` } : undefined);
+      const p = virsh && argv[0] === 'virsh' ? local('sh', virsh) : local(cmd, args, virsh ? { ...process.env, PATH: `${binDir()}:${process.env['PATH']}` } : undefined);
+      conn.started.push(p);
+      return p;
     },
     async exec(argv: string[]): Promise<ExecResult> {
       conn.execs.push(argv);
@@ -107,6 +109,21 @@ describe('the persistent shell process', () => {
     const pid = (await hv.shellScript('echo $$'))!.stdout.trim();
     await expect(hv.run(['kill', '-9', pid])).rejects.toThrow(/^kill -9 \d+ on hv1 was lost without an exit status \(whether it ran is unknown\): the persistent shell was lost before it answered/);
     await hv.closeProcesses();
+  });
+
+  it('close() while the shell is still starting: the process that then starts is ended, not left running', async () => {
+    const conn = fakeConn('sh', ['-s'], 300);
+    const shell = new PersistentShell(conn as unknown as SshConnection, undefined);
+    const request = shell.exec(['echo', 'up']).then(
+      () => 'resolved',
+      (e: unknown) => e,
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    await shell.close(200);
+    expect(await request).toBeInstanceOf(ProcessStartError);
+    expect(conn.started).toHaveLength(1);
+    const ended = await Promise.race([conn.started[0]!.done.then(() => true), new Promise((r) => setTimeout(() => r(false), 2_000))]);
+    expect(ended, 'the shell started after close() was ended').toBe(true);
   });
 
   it('close() while a request (without a time limit) is pending: the request fails as lost, it does not wait forever', async () => {
