@@ -266,6 +266,9 @@ async function* execute(
   const free: Buffer[] = [];
   const bufferFor = (length: number): Buffer => {
     for (let i = free.length - 1; i >= 0; i--) if (free[i]!.length >= length) return free.splice(i, 1)[0]!;
+    // None fits (the reads grew: small dirty ranges, then long runs): drop one, so that the pool
+    // follows the read size instead of filling up with buffers no read can use.
+    free.pop();
     return Buffer.allocUnsafe(length);
   };
   const queue: Entry[] = [];

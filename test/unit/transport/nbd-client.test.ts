@@ -577,4 +577,46 @@ describe('recycled read buffers (reuseBuffers)', () => {
     expect(seen.map(([o, l]) => [o, l])).toEqual([...dirty.slice(0, 16), [6 * MiB, 512 * KiB], [6 * MiB + 512 * KiB, 512 * KiB]]);
     for (const [, l, bytes] of seen.slice(0, 16)) expect(bytes, `buffer of a ${l}-byte read`).toBeLessThan(512 * KiB);
   });
+
+  it('follow the reads when they grow: after small ranges fill the pool, long runs reuse a bounded set of buffers', async () => {
+    const size = 16 * MiB;
+    const disk = randomBytes(size);
+    // Dirty: 5 scattered 64 KiB data ranges, then 40 zero ranges (the reader queues them without
+    // reading, so the 5 small buffers all come back to the pool), then 8 MiB of data in one run
+    // (16 reads of 512 KiB).
+    const dirtyDescs: Array<[number, number]> = [];
+    const allocDescs: Array<[number, number]> = [];
+    const add = (length: number, dirty: boolean, zero: boolean) => {
+      dirtyDescs.push([length, dirty ? 1 : 0]);
+      allocDescs.push([length, zero ? 2 : 0]);
+    };
+    for (let i = 0; i < 5; i++) add(64 * KiB, true, false), add(192 * KiB, false, false);
+    for (let i = 0; i < 40; i++) add(64 * KiB, true, true), add(64 * KiB, false, false);
+    add(size - 8 * MiB - 5 * 256 * KiB - 40 * 128 * KiB, false, false);
+    add(8 * MiB, true, false);
+    server = await FakeNbdServer.start({
+      disk,
+      contexts: ['base:allocation', 'qemu:dirty-bitmap:b'],
+      onRequest: (req, sock, srv) => {
+        if (req.type !== 7) return serveDisk(req, sock, srv);
+        sock.write(blockStatusChunk(req, 10, allocDescs, false));
+        sock.write(blockStatusChunk(req, 11, dirtyDescs, true));
+      },
+    });
+    const session = await NbdSession.open(() => connectSocketChannel({ path: server!.path }), { exportName: '', metaContexts: dirtyReadContexts('b') });
+    const large = new Set<ArrayBufferLike>();
+    let reads = 0;
+    for await (const e of readDirty(session, 'b', { reuseBuffers: true, maxRequestBytes: 512 * KiB, maxRequestsInFlight: 4 })) {
+      if (!e.data) continue;
+      expect(e.data.equals(disk.subarray(e.offset, e.offset + e.length))).toBe(true);
+      if (e.length === 512 * KiB) {
+        large.add(e.data.buffer);
+        reads++;
+      }
+    }
+    await session.close();
+    expect(reads).toBe(16);
+    // Reads in flight (4), the one the consumer holds, and the misses while the small ones go.
+    expect(large.size).toBeLessThanOrEqual(8);
+  });
 });
