@@ -14,7 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import { UnavailableError } from '../../src/errors.js';
 import { shellJoin, shellQuote } from '../../src/transport/quote.js';
-import type { Hypervisor } from './hypervisor.js';
+import { SHELL_TIMEOUT_MS, type Hypervisor } from './hypervisor.js';
 
 export interface Step {
   argv: string[];
@@ -122,7 +122,7 @@ export function parseBatch(out: string, boundary: string, count: number): StepRe
 export async function runBatch(hv: Hypervisor, steps: readonly Step[], opts: { timeoutMs?: number; signal?: AbortSignal | null } = {}): Promise<StepResult[]> {
   if (steps.length === 0) return [];
   const boundary = newBoundary();
-  const execOpts = { timeoutMs: opts.timeoutMs ?? 300_000, ...(opts.signal !== undefined ? { signal: opts.signal } : {}) };
+  const execOpts = { timeoutMs: opts.timeoutMs ?? SHELL_TIMEOUT_MS, ...(opts.signal !== undefined ? { signal: opts.signal } : {}) };
   const inline = await hv.shellScript(inlineBatchScript(steps, boundary), execOpts);
   if (inline) {
     if (inline.code !== 0) throw new UnavailableError(`a command batch on ${hv.name} failed${inline.code === undefined ? ' (no exit status)' : ` with exit status ${inline.code}`}: ${inline.stderr.trim().slice(-500)}`);

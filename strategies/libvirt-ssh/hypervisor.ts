@@ -33,7 +33,7 @@ const NO_BACKUP_JOB = /no domain backup job|does not have a backup job|no active
 const NO_JOB = /no job is active|not running|no active job/i;
 
 /** The default time limit of a request to the persistent shell (what a command batch had). */
-const SHELL_TIMEOUT_MS = 300_000;
+export const SHELL_TIMEOUT_MS = 300_000;
 
 type CallOptions = { timeoutMs?: number; signal?: AbortSignal | null };
 

@@ -380,7 +380,7 @@ export class LibvirtSshSession implements BackupSession {
     const rbdCount = this.rbdDisks.length;
     for (const d of ovDisks) d.overlay = overlayRecord(d.disk, this.runId);
     if (ovDisks.length) this.journal.overlays = ovDisks.map((d) => d.overlay!);
-    const jobSteps = await this.snapshotSteps(this.disks);
+    const jobSteps = this.snapshotWritten ? [] : await this.snapshotSteps(this.disks);
     const jobFiles = cpDisks.length ? this.jobPaths : undefined;
     // The journal first (it announces the job, checkpoint and overlays), then the job's files —
     // unless the plan's round trip wrote them already.
@@ -436,13 +436,18 @@ export class LibvirtSshSession implements BackupSession {
     const begin = ['backup-begin', domainName, paths.job, paths.checkpoint];
     const dump = ['checkpoint-dumpxml', domainName, this.checkpointName, '--no-domain'];
     await this.runChecked(prepare, 'preparing the snapshot');
-    // backup-begin on its own: once it answered the export exists, and the first disk's NBD
-    // session opens while checkpoint-dumpxml runs and the engine writes the point's metadata.
-    const [begun] = (await hv.virshEach([begin])) as [StepResult];
+    // With a session to open early, backup-begin goes on its own: once it answered the export
+    // exists, and the session opens while checkpoint-dumpxml runs and the engine writes the
+    // point's metadata. Otherwise both in one round trip.
+    const early = this.earlyDisk();
+    let [begun, dumped] = (await hv.virshEach(early ? [begin] : [begin, dump])) as [StepResult, StepResult | undefined];
     if (begun.code !== 0) throw hv.virshError(begin, begun);
     this.snapshotTaken = true;
-    this.openEarly();
-    const [dumped] = (await hv.virshEach([dump])) as [StepResult];
+    if (early) {
+      this.openEarly(early);
+      [dumped] = (await hv.virshEach([dump])) as [StepResult];
+    }
+    if (!dumped) throw new Error('checkpoint-dumpxml was not run');
     if (dumped.code !== 0 || !dumped.stdout.includes(`<name>${this.checkpointName}</name>`)) throw hv.virshError(dump, { ...dumped, code: dumped.code || 1 });
     this.newCheckpointXml = dumped.stdout;
   }
@@ -566,6 +571,12 @@ export class LibvirtSshSession implements BackupSession {
     return { exportName: target, metaContexts: contexts, connections: server.transport === 'tcp' ? 2 : 1, log: this.ctx.log };
   }
 
+  /** The disk whose NBD session opens during the snapshot: the first checkpoint disk of an incremental read through NBD. */
+  private earlyDisk(): DiskState | undefined {
+    const first = this.checkpointDisks[0];
+    return first && first.plan.level === 'incremental' && this.options.dataChannel !== 'stream' ? first : undefined;
+  }
+
   /** The first checkpoint disk's NBD session, opening since backup-begin answered; its read takes it. */
   private early: { target: string; opening: Promise<NbdSession> } | undefined;
 
@@ -574,9 +585,7 @@ export class LibvirtSshSession implements BackupSession {
    * incremental: no data stream starts before it, ssh2 or TCP carries it). Over TCP the
    * handshakes wait on qemu's delayed ACKs (~0.1 s); they now pass while the snapshot finishes.
    */
-  private openEarly(): void {
-    const first = this.checkpointDisks[0];
-    if (!first || first.plan.level !== 'incremental' || this.options.dataChannel === 'stream') return;
+  private openEarly(first: DiskState): void {
     const target = first.disk.target;
     const opening = NbdSession.open(this.dialer(this.jobServer!, 'incremental', false), this.sessionOptions(this.jobServer!, target, dirtyReadContexts(jobBitmapName(target))));
     // Its failure is the read's (which awaits it), or nobody's when the run ends before reading.
