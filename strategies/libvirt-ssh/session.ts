@@ -587,7 +587,8 @@ export class LibvirtSshSession implements BackupSession {
    */
   private openEarly(first: DiskState): void {
     const target = first.disk.target;
-    const opening = NbdSession.open(this.dialer(this.jobServer!, 'incremental', false), this.sessionOptions(this.jobServer!, target, dirtyReadContexts(jobBitmapName(target))));
+    // What readDisk would open for it: the job's export, its contexts, the incremental's dialer.
+    const opening = NbdSession.open(this.dialer(this.jobServer!, 'incremental', false), this.sessionOptions(this.jobServer!, target, jobContexts(target, 'incremental')));
     // Its failure is the read's (which awaits it), or nobody's when the run ends before reading.
     opening.catch(() => undefined);
     this.early = { target, opening };
@@ -619,7 +620,7 @@ export class LibvirtSshSession implements BackupSession {
       let server: NbdServer;
       if (state.mode === 'checkpoint') {
         server = this.jobServer!;
-        contexts = plan.level === 'incremental' ? dirtyReadContexts(jobBitmapName(target)) : FULL_READ_CONTEXTS;
+        contexts = jobContexts(target, plan.level);
       } else {
         // qemu-nbd on the frozen file: the overlay's base in snapshot mode, the disk itself offline.
         const file = state.mode === 'snapshot' ? state.overlay!.frozen : state.disk.path!;
@@ -812,4 +813,9 @@ function listeningPorts(ssOutput: string): Set<number> {
 function frozenFormat(state: DiskState): 'qcow2' | 'raw' {
   if (state.overlay?.commitInto) return 'qcow2';
   return (state.disk.format ?? 'raw') as 'qcow2' | 'raw';
+}
+
+/** What a checkpoint disk's read asks the backup job's export for. */
+function jobContexts(target: string, level: DiskPlan['level']): readonly string[] {
+  return level === 'incremental' ? dirtyReadContexts(jobBitmapName(target)) : FULL_READ_CONTEXTS;
 }
