@@ -70,7 +70,9 @@ export function inlineBatchScript(steps: readonly Step[], boundary: string): str
 /**
  * A step's command for the inline script. `sh -c CODE NAME ARGS…` runs as `(set -- ARGS…; CODE)`:
  * the same code and arguments in a subshell of the persistent shell (a fork, no exec). Every
- * journal and file write is such a step, and under load each exec of sh cost ~10 ms.
+ * journal and file write is such a step, and under load each exec of sh cost ~10 ms. Unlike a
+ * real `sh -c`, CODE sees the persistent shell's variables (`c`, the last status) and `$0` is
+ * the shell's: step code must set every variable it reads and not use `$0`.
  */
 export function inlineCommand(argv: readonly string[]): string {
   if (argv.length < 4 || argv[0] !== 'sh' || argv[1] !== '-c') return shellJoin(argv);

@@ -249,6 +249,9 @@ export class LibvirtSshSession implements BackupSession {
     // redefine succeeds. Its snapshot journal and job files then go in the same round trip as the
     // run directory (the snapshot needs no shell round trip of its own); a failed redefine
     // changes the plan, and the snapshot writes them again.
+    // The journal then says "snapshot" (with the job) before the redefines and backup-begin:
+    // recovery copes (the job is ended only when its XML carries this run's mark, a checkpoint
+    // that was never made is skipped).
     const expected = running && rbdPlans.length === 0 && seen.every((d) => d.chosen.mode === 'checkpoint') ? decide([...checkpoints, ...toRedefine.keys()], new Map()) : undefined;
     const early = expected ? await this.snapshotSteps(expected) : [];
     const redefineFailures = this.hasFileDisks ? await this.prepareRunDir(toRedefine, checkpoints, early) : new Map<string, string>();
