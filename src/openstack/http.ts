@@ -11,11 +11,26 @@ import https from 'node:https';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Readable } from 'node:stream';
-import got, { RequestError, type Method, type Response } from 'got';
+import type { Got, Method, RequestError, Response } from 'got';
 import { ConfigError, UnavailableError, throwIfAborted } from '../errors.js';
 import type { Logger } from '../log.js';
 import { BadResponseError, OpenStackApiError, OpenStackForbiddenError, type ApiFailure, type CallSite } from './errors.js';
 import { ShapeError } from './json.js';
+
+/**
+ * got and its dependencies are ~50 modules (~0.1 s of start-up here): loaded by the first
+ * request, not by every command that imports an OpenStack client and never calls it.
+ */
+let gotModule: typeof import('got') | undefined;
+async function loadGot(): Promise<Got> {
+  gotModule ??= await import('got');
+  return gotModule.default;
+}
+
+/** A got transport failure. Before got is loaded, no error can be one. */
+function isRequestError(err: unknown): err is RequestError {
+  return gotModule !== undefined && err instanceof gotModule.RequestError;
+}
 
 export interface RetryPolicy {
   /** Attempts in total, the first included. */
@@ -189,7 +204,7 @@ export class HttpTransport {
           outcome = { retryAfterMs, why: `HTTP ${res.status}` };
         }
       } catch (err) {
-        if (!(err instanceof RequestError)) throw err;
+        if (!isRequestError(err)) throw err;
         throwIfAborted(this.signal);
         const code = err.code;
         const neverSent = NEVER_SENT.has(code) || (code === 'ETIMEDOUT' && ['lookup', 'connect', 'secureConnect'].includes((err as { event?: string }).event ?? ''));
@@ -211,6 +226,7 @@ export class HttpTransport {
     const site = siteOf(req);
     for (let attempt = 1; ; attempt++) {
       throwIfAborted(this.signal);
+      const got = await loadGot();
       const stream = got.stream(req.url, { ...this.gotOptions(req), isStream: true, timeout: { connect: this.connectTimeoutMs, response: req.timeoutMs ?? this.timeoutMs, socket: req.timeoutMs ?? this.timeoutMs } });
       let retryAfterMs: number | undefined;
       let why: string;
@@ -229,7 +245,7 @@ export class HttpTransport {
         why = `HTTP ${res.status}`;
       } catch (err) {
         stream.destroy();
-        if (!(err instanceof RequestError)) throw err;
+        if (!isRequestError(err)) throw err;
         throwIfAborted(this.signal);
         if (attempt >= this.retry.attempts) throw this.networkError(site, req.url, err, attempt);
         why = describeNetworkError(err);
@@ -242,11 +258,12 @@ export class HttpTransport {
 
   /** Turns an error raised while a download or upload stream was flowing into a project error. */
   streamError(req: Pick<HttpRequest, 'service' | 'method' | 'url'>, err: unknown): Error {
-    if (err instanceof RequestError) return this.networkError(siteOf(req), req.url, err, 1);
+    if (isRequestError(err)) return this.networkError(siteOf(req), req.url, err, 1);
     return err instanceof Error ? err : new Error(String(err));
   }
 
   private async once(req: HttpRequest): Promise<HttpResponse> {
+    const got = await loadGot();
     const res = await got(req.url, {
       ...this.gotOptions(req),
       responseType: 'buffer',

@@ -4,7 +4,7 @@
  * of stderr, because that is where every one of those tools explains itself.
  */
 import type { Readable, Writable } from 'node:stream';
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import { InterruptedError, UnavailableError, VprotectError, type ErrorDetails } from '../errors.js';
 import type { Logger } from '../log.js';
 import { describeArgv } from './quote.js';
@@ -65,9 +65,8 @@ export async function runCommandBuffer(argv: readonly string[], options: Command
   return run(argv, options);
 }
 
-export interface StreamingCommand {
-  /** The program's stdout; read it (or destroy it) or the program blocks on a full pipe. */
-  stdout: Readable;
+/** A program started by spawnWithStdout. */
+export interface SpawnedCommand {
   /** Settles when the program has exited: rejects like runCommand (stdout is '' here). */
   done: Promise<CommandResult<''>>;
   /** Stops the program (SIGTERM). */
@@ -75,42 +74,29 @@ export interface StreamingCommand {
 }
 
 /**
- * Starts argv with stdout as a stream (for large outputs: `rbd export-diff … -`). stderr is
- * still captured for the error message. Backpressure is the pipe's: a slow reader stalls the
- * program, memory stays bounded.
+ * execa is 106 ES modules (~0.2 s of start-up here), so it is loaded by the first command run,
+ * not by every module that merely imports CommandFailedError (a backup over SSH runs none).
  */
-export function streamCommand(argv: readonly string[], options: CommandOptions = {}): StreamingCommand {
-  const [file, args] = split(argv);
-  options.log?.debug('run (streaming)', { command: describeArgv(argv) });
-  const child = execa(file, args, {
-    ...common(options),
-    stdout: 'pipe',
-    buffer: { stdout: false, stderr: true },
-  });
-  const done = settle(child, argv, options).then((r) => ({ ...r, stdout: '' as const }));
-  // The caller observes failures through `done`; keep an unobserved rejection from crashing.
-  done.catch(() => {});
-  return {
-    stdout: child.stdout,
-    done,
-    kill: () => {
-      child.kill();
-    },
-  };
+let execaModule: Promise<typeof import('execa')> | undefined;
+function loadExeca(): Promise<typeof import('execa')> {
+  execaModule ??= import('execa');
+  return execaModule;
 }
 
 /**
  * Starts argv with its stdout connected to `stdout`, a stream with a file descriptor (a Unix
  * socket whose other end the caller reads with its own reused buffers: strategies/ceph-rbd/
- * socket-stream.ts). The descriptor is duplicated into the child; the caller may close its copy
- * once this returns. stderr is captured for the error message; `done` settles like
- * streamCommand's.
+ * socket-stream.ts). The descriptor is duplicated into the child by the time this resolves; the
+ * caller may close its copy then. stderr is captured for the error message; `done` settles like
+ * runCommand.
  */
-export function spawnWithStdout(argv: readonly string[], stdout: Writable, options: CommandOptions = {}): Omit<StreamingCommand, 'stdout'> {
+export async function spawnWithStdout(argv: readonly string[], stdout: Writable, options: CommandOptions = {}): Promise<SpawnedCommand> {
   const [file, args] = split(argv);
+  const { execa } = await loadExeca();
   options.log?.debug('run (stdout to a descriptor)', { command: describeArgv(argv) });
   const child = execa(file, args, { ...common(options), stdout, buffer: { stdout: false, stderr: true } });
   const done = settle(child, argv, options).then((r) => ({ ...r, stdout: '' as const }));
+  // The caller observes failures through `done`; keep an unobserved rejection from crashing.
   done.catch(() => {});
   return {
     done,
@@ -122,6 +108,7 @@ export function spawnWithStdout(argv: readonly string[], stdout: Writable, optio
 
 async function run(argv: readonly string[], options: CommandOptions): Promise<CommandResult<Buffer>> {
   const [file, args] = split(argv);
+  const { execa } = await loadExeca();
   options.log?.debug('run', { command: describeArgv(argv) });
   const child = execa(file, args, {
     ...common(options),

@@ -175,9 +175,9 @@ export async function streamThroughSocket(argv: readonly string[], opts: { signa
     reader.close();
     throw err;
   }
-  let command: ReturnType<typeof spawnWithStdout>;
+  let command: Awaited<ReturnType<typeof spawnWithStdout>>;
   try {
-    command = spawnWithStdout(argv, theirs, opts.signal ? { signal: opts.signal } : {});
+    command = await spawnWithStdout(argv, theirs, opts.signal ? { signal: opts.signal } : {});
   } catch (err) {
     reader.close();
     throw err;

@@ -8,9 +8,8 @@ import { openRepository, type Repository } from '../../repository/repository.js'
 import { layout } from '../../repository/layout.js';
 import { access } from 'node:fs/promises';
 import type { BackupTarget } from '../../strategy/contract.js';
-import { policyTargets, type PolicyTargets } from '../../engine/cloud-targets.js';
+import type { PolicyTargets } from '../../engine/cloud-targets.js';
 import { runBackups, type RunItem, type RunReport } from '../../engine/run.js';
-import { commandProbe } from '../../openstack/probe.js';
 import { SshPool } from '../../transport/ssh.js';
 import { loadStrategy } from '../../../strategies/index.js';
 import type { CliContext } from '../context.js';
@@ -40,6 +39,9 @@ export const backup: Action = async (ctx, _args, opts) => {
       planned.push({ target, strategy: await loadStrategy(strategy), policy, options: optionsFor(strategy) });
     }
     if (policy && explicit.length === 0) {
+      // The OpenStack client (and got) loads only for a policy's cloud instances: a backup of a
+      // --domain or --rbd named directly never talks to a cloud.
+      const [{ policyTargets }, { commandProbe }] = await Promise.all([import('../../engine/cloud-targets.js'), import('../../openstack/probe.js')]);
       const probe = commandProbe((hv, argv) => pool.withHost(hv, (c) => c.exec(argv, { timeoutMs: 30_000, signal: ctx.signal }), ctx.signal));
       const strategy = await loadStrategy(policy.strategy);
       cloudTargets = await policyTargets(inv, policy, { vms: opts['vm'] as string[] | undefined, env: ctx.env, cwd: process.cwd(), log: ctx.log, signal: ctx.signal, probe, discoversDisks: strategy.discoversDisks === true });

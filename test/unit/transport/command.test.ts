@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { InterruptedError, UnavailableError } from '../../../src/errors.js';
-import { CommandFailedError, runCommand, runCommandBuffer, streamCommand } from '../../../src/transport/command.js';
+import { CommandFailedError, runCommand, runCommandBuffer, spawnWithStdout } from '../../../src/transport/command.js';
+import { stdoutSocketPair } from '../../../src/transport/socket-pair.js';
 
 describe('runCommand', () => {
   it('passes argv verbatim, without a shell', async () => {
@@ -48,18 +49,29 @@ describe('runCommand', () => {
   });
 });
 
-describe('streamCommand', () => {
-  it('streams stdout and reports the exit status afterwards', async () => {
-    const c = streamCommand(['head', '-c', String(8 * 1024 * 1024), '/dev/zero']);
+describe('spawnWithStdout', () => {
+  /** Runs argv with its stdout on a socket pair and collects what arrives. */
+  async function spawnCollect(argv: string[]): Promise<{ received: Promise<number>; done: Promise<unknown> }> {
     let n = 0;
-    for await (const chunk of c.stdout) n += (chunk as Buffer).length;
-    expect(n).toBe(8 * 1024 * 1024);
-    await expect(c.done).resolves.toMatchObject({ exitCode: 0 });
+    let ended!: () => void;
+    const received = new Promise<number>((resolve) => (ended = () => resolve(n)));
+    const { theirs } = await stdoutSocketPair({ buffer: Buffer.alloc(64 * 1024), callback: (bytes) => ((n += bytes), true) }, (ours) => ours.once('end', ended));
+    try {
+      const c = await spawnWithStdout(argv, theirs);
+      return { received, done: c.done };
+    } finally {
+      theirs.destroy();
+    }
+  }
+
+  it('gives the program the stream as its stdout and reports the exit status afterwards', async () => {
+    const { received, done } = await spawnCollect(['head', '-c', String(8 * 1024 * 1024), '/dev/zero']);
+    await expect(done).resolves.toMatchObject({ exitCode: 0 });
+    expect(await received).toBe(8 * 1024 * 1024);
   });
 
   it('rejects done with stderr when the program fails', async () => {
-    const c = streamCommand(['sh', '-c', 'echo partial; echo boom >&2; exit 3']);
-    for await (const _ of c.stdout) void _;
-    await expect(c.done).rejects.toThrow(/exit status 3: boom/);
+    const { done } = await spawnCollect(['sh', '-c', 'echo partial; echo boom >&2; exit 3']);
+    await expect(done).rejects.toThrow(/exit status 3: boom/);
   });
 });
