@@ -5,12 +5,12 @@
  */
 import { accessSync, constants } from 'node:fs';
 import type { ConfigProblem } from '../errors.js';
-import { strategyOptionSchemas } from '../strategy/options.js';
 import { cronProblem } from '../util/cron.js';
 import type { PathSegment, SourceDocument } from './document.js';
 import { schemaProblems } from './schema-problems.js';
 import { secretProblem, type Environment } from './secrets.js';
 import type { Secret } from './types.js';
+import { strategyOptions } from './validators.compiled.js';
 
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -124,9 +124,9 @@ export function semanticProblems(doc: SourceDocument, inv: unknown, env: Environ
       if (problem) at([...p, 'schedules', j, 'when'], problem);
     });
     const strategy = policy['strategy'];
-    if (typeof strategy === 'string' && strategy in strategyOptionSchemas && policy['strategyOptions'] !== undefined) {
-      const schema = strategyOptionSchemas[strategy as keyof typeof strategyOptionSchemas];
-      out.push(...schemaProblems(doc, schema, policy['strategyOptions'], [...p, 'strategyOptions']));
+    if (typeof strategy === 'string' && Object.hasOwn(strategyOptions, strategy) && policy['strategyOptions'] !== undefined) {
+      const validate = strategyOptions[strategy as keyof typeof strategyOptions];
+      out.push(...schemaProblems(doc, validate, policy['strategyOptions'], [...p, 'strategyOptions']));
       const opts = policy['strategyOptions'];
       if (isObj(opts)) {
         for (const key of ['cluster', 'cephCluster']) reference([...p, 'strategyOptions', key], opts[key], cephNames, 'Ceph cluster', 'cephClusters');

@@ -8,10 +8,10 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { semanticProblems } from './checks.js';
 import { formatProblem, SourceDocument } from './document.js';
-import { inventorySchema } from './schema.js';
 import { schemaProblems } from './schema-problems.js';
 import type { Environment } from './secrets.js';
 import type { Inventory } from './types.js';
+import { inventory as validateInventory } from './validators.compiled.js';
 
 export interface LoadOptions {
   /** Environment variables for {env: NAME} secrets and `~` in paths. */
@@ -49,7 +49,7 @@ export function parseInventory(file: string, text: string, opts: LoadOptions): I
     throw problemsError(file, [{ file, line: 1, column: 1, path: '', message: 'the inventory is empty; start from examples/minimal.yaml' }]);
   }
   resolvePaths(raw, dirname(file), opts.env);
-  const problems = [...schemaProblems(doc, inventorySchema, raw), ...semanticProblems(doc, raw, opts.env, opts.offline === true)];
+  const problems = [...schemaProblems(doc, validateInventory, raw), ...semanticProblems(doc, raw, opts.env, opts.offline === true)];
   if (problems.length) throw problemsError(file, problems);
 
   const inv = raw as Partial<Inventory>;

@@ -1,32 +1,21 @@
 /**
- * Runs ajv over a document and turns its errors into one readable problem each, worded for
- * people ("must be an integer ≥ 0", "unknown key; did you mean …"), never quoting a value (a
- * value may be a secret).
+ * Runs a schema's validator over a document and turns its errors into one readable problem
+ * each, worded for people ("must be an integer ≥ 0", "unknown key; did you mean …"), never
+ * quoting a value (a value may be a secret).
  */
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import type { ErrorObject } from 'ajv';
 import type { ConfigProblem } from '../errors.js';
 import { closest } from '../util/suggest.js';
 import type { PathSegment, SourceDocument } from './document.js';
+import type { CompiledValidator } from './validators.compiled.js';
 
 type Schema = Record<string, unknown>;
 
-const validators = new WeakMap<object, ValidateFunction>();
-
-function compile(schema: object): ValidateFunction {
-  let v = validators.get(schema);
-  if (!v) {
-    const ajv = new Ajv({ allErrors: true, verbose: true, discriminator: true, strict: true, allowUnionTypes: true });
-    ajv.addKeyword({ keyword: 'x-secret' });
-    ajv.addKeyword({ keyword: 'x-expected' });
-    v = ajv.compile(schema);
-    validators.set(schema, v);
-  }
-  return v;
-}
-
-/** Validates `value` (found at `basePath` of `doc`) against `schema`. */
-export function schemaProblems(doc: SourceDocument, schema: object, value: unknown, basePath: PathSegment[] = []): ConfigProblem[] {
-  const validate = compile(schema);
+/**
+ * Validates `value` (found at `basePath` of `doc`) with a validator compiled at build time
+ * (./validators.compiled.js).
+ */
+export function schemaProblems(doc: SourceDocument, validate: CompiledValidator, value: unknown, basePath: PathSegment[] = []): ConfigProblem[] {
   if (validate(value)) return [];
   const errors = dropBranchNoise(validate.errors ?? []);
   const seen = new Set<string>();
