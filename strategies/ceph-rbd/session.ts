@@ -11,8 +11,9 @@
  * for an incremental of a few hundred MiB is as much as the data. So: the calls of plan run at
  * once; the first disk's export-diff starts while the new snapshots are listed; commit removes
  * from the list made right after the snapshot instead of listing again, and asks `rbd children`
- * only of an image that can have clones (see commit()). An incremental makes 5 rbd calls, 4 of
- * them one after the other; a first full 4, 3 in sequence.
+ * only of an image that can have clones (see commit()). An incremental makes 6 rbd calls in 4
+ * steps one after the other (info ‖ snap ls, snap create, snap ls ‖ export-diff, snap rm); the 5
+ * besides the export-diff cost 0.12–0.18 s of CPU each on the lab. A first full makes 5 in 3.
  */
 import { errorMessage, UnavailableError, UsageError, VprotectError } from '../../src/errors.js';
 import type { BackupLevel } from '../../src/inventory/types.js';

@@ -5,8 +5,9 @@
  * allocated buffer that the garbage collector frees later. For `rbd export-diff` of 1 GiB that is
  * 17 000 reads and as many buffers: 1.1–1.2 s of CPU here, on a 2-core machine where rbd and the
  * OSD want the same cores. A socket opened with `onread` lets us choose where each read lands:
- * successive reads fill 4 MiB slabs end to end (~5 000 reads of ~200 KiB, the socket's queue),
- * and slabs are reused once consumed: 0.4 s of CPU per GiB, no garbage.
+ * successive reads fill 4 MiB slabs end to end (each takes what the socket holds: a 281 MB
+ * export-diff arrived in 150–340 reads), and slabs are reused once consumed: no garbage, and
+ * 0.16–0.22 s of CPU for those 281 MB read and dropped (spawn included; rbd itself 1.0 s).
  *
  * Contract of the chunks: a chunk's bytes are valid until the consumer asks for the next chunk
  * (then its slab may be refilled). A consumer that keeps bytes longer copies them.
