@@ -18,7 +18,7 @@ import { BadResponseError, OpenStackApiError, OpenStackForbiddenError, type ApiF
 import { ShapeError } from './json.js';
 
 /**
- * got and its dependencies are ~50 modules (~0.1 s of start-up here): loaded by the first
+ * got and its dependencies are ~75 modules (~0.2 s of CPU to load here): loaded by the first
  * request, not by every command that imports an OpenStack client and never calls it.
  */
 let gotModule: typeof import('got') | undefined;

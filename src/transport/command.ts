@@ -74,8 +74,9 @@ export interface SpawnedCommand {
 }
 
 /**
- * execa is 106 ES modules (~0.2 s of start-up here), so it is loaded by the first command run,
- * not by every module that merely imports CommandFailedError (a backup over SSH runs none).
+ * execa and its dependencies are ~120 modules (~0.2 s of CPU to load here): loaded by the first
+ * command run, not by every module that merely imports CommandFailedError (a backup over SSH
+ * runs none).
  */
 let execaModule: Promise<typeof import('execa')> | undefined;
 function loadExeca(): Promise<typeof import('execa')> {
