@@ -154,6 +154,37 @@ describe('NBD client against qemu-nbd', () => {
     expect(zeroWrite.every((e) => !e.data)).toBe(true);
   });
 
+  it('two connections and two contexts: each connection answers one, the dirty read is unchanged', async () => {
+    const s = await open(dirtyReadContexts(disk.bitmap), 2);
+    expect(s.connectionCount).toBe(2);
+    expect([...s.info.contexts.keys()].sort()).toEqual([...dirtyReadContexts(disk.bitmap)].sort());
+    const extents = await collect(readDirty(s, disk.bitmap));
+    await s.close();
+    checkAgainstReference(extents, disk.reference);
+    const dirty = nbdinfoMap(server.socket, `qemu:dirty-bitmap:${disk.bitmap}`).filter((m) => m.type & 1);
+    expect(merged(extents)).toEqual(merged(dirty));
+  });
+
+  it('a server that takes one client at a time (qemu-nbd -e 1): the contexts fall back to one connection, no hang', async () => {
+    const own = await startQemuNbd(disk.top, join(disk.dir, 'single.sock'), ['-B', disk.bitmap, '--shared=1']);
+    try {
+      // The second connection's handshake is never answered while the first is open: its
+      // timeout (short here) ends the attempt, then one connection negotiates both contexts.
+      const started = Date.now();
+      const s = await NbdSession.open(() => connectSocketChannel({ path: own.socket }), { exportName: '', metaContexts: dirtyReadContexts(disk.bitmap), connections: 2, timeoutMs: 1500 });
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect(s.connectionCount).toBe(1);
+      expect([...s.info.contexts.keys()].sort()).toEqual([...dirtyReadContexts(disk.bitmap)].sort());
+      const extents = await collect(readDirty(s, disk.bitmap));
+      await s.close();
+      checkAgainstReference(extents, disk.reference);
+      const dirty = nbdinfoMap(server.socket, `qemu:dirty-bitmap:${disk.bitmap}`).filter((m) => m.type & 1);
+      expect(merged(extents)).toEqual(merged(dirty));
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('allocation-depth read: exactly the ranges allocated in the top layer (per nbdinfo)', async () => {
     const s = await open(DEPTH_READ_CONTEXTS);
     const extents = await collect(readAllocationDepth(s));
