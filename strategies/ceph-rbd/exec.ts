@@ -6,6 +6,7 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage, InterruptedError, VprotectError } from '../../src/errors.js';
+import type { Logger } from '../../src/log.js';
 import { CommandFailedError, runCommand } from '../../src/transport/command.js';
 import { describeArgv } from '../../src/transport/quote.js';
 import type { SshConnection } from '../../src/transport/ssh.js';
@@ -56,6 +57,39 @@ export interface CommandExec {
   readonly where: string;
   run(argv: readonly string[], opts?: ExecOptions): Promise<{ stdout: string; stderr: string }>;
   stream(argv: readonly string[], opts?: StreamOptions): Promise<StreamingExec>;
+}
+
+/**
+ * The same runner with every command in the debug log (`vprotect -v`): its argv (ids, paths,
+ * pool/image names; inline keyrings are files by then), where it ran, and how long it took, or
+ * for a stream when it started and ended. libvirt-ssh logs its virsh calls the same way.
+ */
+export function loggedExec(exec: CommandExec, log: Logger): CommandExec {
+  const fields = (argv: readonly string[], started: number, extra: Record<string, unknown> = {}) => ({ where: exec.where, command: describeArgv(argv), ms: Date.now() - started, ...extra });
+  return {
+    where: exec.where,
+    async run(argv, opts) {
+      const started = Date.now();
+      try {
+        const r = await exec.run(argv, opts);
+        log.debug('rbd', fields(argv, started));
+        return r;
+      } catch (err) {
+        log.debug('rbd failed', fields(argv, started, { error: errorMessage(err) }));
+        throw err;
+      }
+    },
+    async stream(argv, opts) {
+      const started = Date.now();
+      const s = await exec.stream(argv, opts);
+      log.debug('rbd started (streaming)', fields(argv, started));
+      s.done.then(
+        () => log.debug('rbd ended (streaming)', fields(argv, started)),
+        (err: unknown) => log.debug('rbd failed (streaming)', fields(argv, started, { error: errorMessage(err) })),
+      );
+      return s;
+    },
+  };
 }
 
 /** Runs commands on this machine through src/transport/command.ts. */

@@ -1,0 +1,59 @@
+import { describe, expect, it } from 'vitest';
+import { loggedExec, type CommandExec, type StreamingExec } from '../../../strategies/ceph-rbd/exec.js';
+import { rejectionOf } from '../../helpers/errors.js';
+
+function capture() {
+  const lines: { message: string; fields: Record<string, unknown> }[] = [];
+  const log = { debug: (message: string, fields: Record<string, unknown> = {}) => void lines.push({ message, fields }), info() {}, warn() {}, error() {} };
+  return { log, lines };
+}
+
+function fakeExec(outcome: 'ok' | 'fail'): CommandExec {
+  return {
+    where: 'the backup node',
+    run: async () => {
+      if (outcome === 'fail') throw new Error('rbd: error opening image x: (2) No such file or directory');
+      return { stdout: 'out', stderr: '' };
+    },
+    stream: async (): Promise<StreamingExec> => ({
+      stdout: (async function* () {})(),
+      done: outcome === 'ok' ? Promise.resolve() : Promise.reject(new Error('rbd: export-diff failed')),
+      kill() {},
+    }),
+  };
+}
+
+describe('loggedExec', () => {
+  it('logs each command with where it ran and its duration, and passes the result through', async () => {
+    const { log, lines } = capture();
+    const exec = loggedExec(fakeExec('ok'), log);
+    expect(exec.where).toBe('the backup node');
+    expect(await exec.run(['rbd', 'snap', 'ls', 'volumes/img'])).toEqual({ stdout: 'out', stderr: '' });
+    expect(lines).toHaveLength(1);
+    expect(lines[0]!.message).toBe('rbd');
+    expect(lines[0]!.fields).toMatchObject({ where: 'the backup node', command: 'rbd snap ls volumes/img' });
+    expect(typeof lines[0]!.fields['ms']).toBe('number');
+  });
+
+  it('logs a failed command with its error and rethrows the same error', async () => {
+    const { log, lines } = capture();
+    const err = await rejectionOf(loggedExec(fakeExec('fail'), log).run(['rbd', 'info', 'volumes/x']));
+    expect((err as Error).message).toMatch(/No such file/);
+    expect(lines.map((l) => l.message)).toEqual(['rbd failed']);
+    expect(lines[0]!.fields['error']).toMatch(/No such file/);
+  });
+
+  it('logs a stream when it starts and when it ends, or fails, without an unhandled rejection', async () => {
+    const ok = capture();
+    const s = await loggedExec(fakeExec('ok'), ok.log).stream(['rbd', 'export-diff', 'volumes/img@s2', '-']);
+    await s.done;
+    await new Promise((r) => setImmediate(r));
+    expect(ok.lines.map((l) => l.message)).toEqual(['rbd started (streaming)', 'rbd ended (streaming)']);
+
+    const bad = capture();
+    const f = await loggedExec(fakeExec('fail'), bad.log).stream(['rbd', 'export-diff', 'volumes/img@s2', '-']);
+    await expect(f.done).rejects.toThrow(/export-diff failed/);
+    await new Promise((r) => setImmediate(r));
+    expect(bad.lines.map((l) => l.message)).toEqual(['rbd started (streaming)', 'rbd failed (streaming)']);
+  });
+});
