@@ -72,20 +72,20 @@ export function loggedExec(exec: CommandExec, log: Logger): CommandExec {
       const started = Date.now();
       try {
         const r = await exec.run(argv, opts);
-        log.debug('rbd', fields(argv, started));
+        log.debug('command', fields(argv, started));
         return r;
       } catch (err) {
-        log.debug('rbd failed', fields(argv, started, { error: errorMessage(err) }));
+        log.debug('command failed', fields(argv, started, { error: errorMessage(err) }));
         throw err;
       }
     },
     async stream(argv, opts) {
       const started = Date.now();
       const s = await exec.stream(argv, opts);
-      log.debug('rbd started (streaming)', fields(argv, started));
+      log.debug('command started (streaming)', fields(argv, started));
       s.done.then(
-        () => log.debug('rbd ended (streaming)', fields(argv, started)),
-        (err: unknown) => log.debug('rbd failed (streaming)', fields(argv, started, { error: errorMessage(err) })),
+        () => log.debug('command ended (streaming)', fields(argv, started)),
+        (err: unknown) => log.debug('command failed (streaming)', fields(argv, started, { error: errorMessage(err) })),
       );
       return s;
     },

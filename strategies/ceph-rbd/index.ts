@@ -7,7 +7,7 @@
  */
 import { ConfigError, UsageError } from '../../src/errors.js';
 import type { BackupSession, BackupTarget, KnownAnchors, Leftover, Strategy, StrategyContext } from '../../src/strategy/contract.js';
-import { localExec, loggedExec, sshExec, type CommandExec } from './exec.js';
+import { localExec, sshExec, type CommandExec } from './exec.js';
 import { cephRbdLeftovers } from './leftovers.js';
 import { chooseCluster, Rbd } from './rbd.js';
 import { CephRbdSession, type FaultHooks, type RbdTargetDisk } from './session.js';
@@ -86,7 +86,7 @@ export async function openCephRbdSession(target: BackupTarget, ctx: StrategyCont
       exec = hypervisorExec!;
     } else exec = local;
   }
-  const rbd = await Rbd.open(loggedExec(exec, ctx.log), name, config, { remote: exec !== local });
+  const rbd = await Rbd.open(exec, name, config, { remote: exec !== local, log: ctx.log });
   return new CephRbdSession(target, disks, ctx, { rbd, localExec: local, ...(hypervisorExec ? { hypervisorExec } : {}), ...(deps.faults ? { faults: deps.faults } : {}), ...(onClose ? { onClose } : {}) });
 }
 

@@ -26,7 +26,7 @@ export async function cephRbdLeftovers(ctx: StrategyContext, known: KnownAnchors
       ctx.log.warn(`ceph cluster ${name} lists no pools: cleanup cannot look for vprotect snapshots there (add pools: [...] to the inventory)`);
       continue;
     }
-    const rbd = await Rbd.open(exec, name, config, { remote: exec.where !== 'the backup node' });
+    const rbd = await Rbd.open(exec, name, config, { remote: exec.where !== 'the backup node', log: ctx.log });
     try {
       for (const pool of config.pools) {
         let rows;

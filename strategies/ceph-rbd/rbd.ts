@@ -11,7 +11,8 @@ import { ConfigError, UsageError } from '../../src/errors.js';
 import type { CephClusterConfig, Inventory } from '../../src/inventory/types.js';
 import { CommandFailedError } from '../../src/transport/command.js';
 import { Semaphore } from '../../src/transport/semaphore.js';
-import type { CommandExec, StreamingExec } from './exec.js';
+import { loggedExec, type CommandExec, type StreamingExec } from './exec.js';
+import type { Logger } from '../../src/log.js';
 import { parseChildren, parseImageInfo, parseListing, parseSnapList, type RbdChild, type RbdImageInfo, type RbdListing, type RbdSnapshot } from './rbd-json.js';
 
 /** Metadata operations (info, snap ls/create/rm): generous, but never for ever. */
@@ -91,7 +92,9 @@ export class Rbd {
    * Binds a cluster to where rbd runs. Inline conf/keyring from the inventory are written to a
    * private temporary directory on that machine (mode 0700) and removed by dispose().
    */
-  static async open(exec: CommandExec, name: string, cluster: CephClusterConfig, opts: { timeoutMs?: number; remote?: boolean } = {}): Promise<Rbd> {
+  static async open(runner: CommandExec, name: string, cluster: CephClusterConfig, opts: { timeoutMs?: number; remote?: boolean; log?: Logger } = {}): Promise<Rbd> {
+    // With a logger, every command (rbd, and mktemp/tee/rm for inline files) is in the debug log.
+    const exec = opts.log ? loggedExec(runner, opts.log) : runner;
     const access: ClusterAccess = { name, user: cluster.user, ...(cluster.monitors ? { monitors: cluster.monitors } : {}) };
     const inline: { file: string; content: string }[] = [];
     if (cluster.conf) 'path' in cluster.conf ? (access.confPath = cluster.conf.path) : inline.push({ file: 'ceph.conf', content: cluster.conf.inline });

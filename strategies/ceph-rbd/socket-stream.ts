@@ -17,7 +17,7 @@
  */
 import type { Socket } from 'node:net';
 import { UnavailableError } from '../../src/errors.js';
-import { spawnWithStdout } from '../../src/transport/command.js';
+import { spawnWithStdout, type SpawnedCommand } from '../../src/transport/command.js';
 import { stdoutSocketPair } from '../../src/transport/socket-pair.js';
 import { BufferPool } from '../../src/util/buffer-pool.js';
 import type { StreamingExec } from './exec.js';
@@ -176,7 +176,7 @@ export async function streamThroughSocket(argv: readonly string[], opts: { signa
     reader.close();
     throw err;
   }
-  let command: Awaited<ReturnType<typeof spawnWithStdout>>;
+  let command: SpawnedCommand;
   try {
     command = await spawnWithStdout(argv, theirs, opts.signal ? { signal: opts.signal } : {});
   } catch (err) {

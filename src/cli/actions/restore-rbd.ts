@@ -19,7 +19,7 @@ export function rbdRestoreTarget(opts: Record<string, unknown>, ctx: CliContext)
       const inventory = await ctx.loadInventory({ offline: true });
       const { chooseCluster, localExec, Rbd, RbdRestoreTarget } = await import('../../../strategies/ceph-rbd/index.js');
       const { name, config } = chooseCluster(inventory, opts['ceph'] as string | undefined);
-      const rbd = await Rbd.open(localExec(), name, config);
+      const rbd = await Rbd.open(localExec(), name, config, { log: ctx.log });
       try {
         return await new RbdRestoreTarget(rbd, pool, image, overwrite).restore(reader, rctx);
       } finally {
