@@ -178,6 +178,8 @@ export class HttpTransport {
     const attempts = isStream(req.body) ? 1 : Math.max(1, this.retry.attempts);
     for (let attempt = 1; ; attempt++) {
       throwIfAborted(this.signal);
+      // Loaded before the clock starts: the first request's time is the server's, not the import's.
+      await loadGot();
       const started = Date.now();
       let outcome: { retryAfterMs?: number | undefined; why: string } | undefined;
       try {

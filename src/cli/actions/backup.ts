@@ -39,7 +39,7 @@ export const backup: Action = async (ctx, _args, opts) => {
       planned.push({ target, strategy: await loadStrategy(strategy), policy, options: optionsFor(strategy) });
     }
     if (policy && explicit.length === 0) {
-      // The OpenStack client (and got) loads only for a policy's cloud instances: a backup of a
+      // The OpenStack client's modules load only for a policy's cloud instances: a backup of a
       // --domain or --rbd named directly never talks to a cloud.
       const [{ policyTargets }, { commandProbe }] = await Promise.all([import('../../engine/cloud-targets.js'), import('../../openstack/probe.js')]);
       const probe = commandProbe((hv, argv) => pool.withHost(hv, (c) => c.exec(argv, { timeoutMs: 30_000, signal: ctx.signal }), ctx.signal));
