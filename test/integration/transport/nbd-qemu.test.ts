@@ -71,6 +71,16 @@ function merged(ranges: Array<{ offset: number; length: number }>): Array<[numbe
   return out;
 }
 
+/** The session answers both dirty-read contexts, and its dirty read is the bitmap's ranges (per nbdinfo) with the reference's bytes. */
+async function expectDirtyReadThenClose(s: NbdSession): Promise<void> {
+  expect([...s.info.contexts.keys()].sort()).toEqual([...dirtyReadContexts(disk.bitmap)].sort());
+  const extents = await collect(readDirty(s, disk.bitmap));
+  await s.close();
+  checkAgainstReference(extents, disk.reference);
+  const dirty = nbdinfoMap(server.socket, `qemu:dirty-bitmap:${disk.bitmap}`).filter((m) => m.type & 1);
+  expect(merged(extents)).toEqual(merged(dirty));
+}
+
 describe('NBD client against qemu-nbd', () => {
   it('negotiates the export: size, block sizes, contexts, multi-conn', async () => {
     const s = await open([...DEPTH_READ_CONTEXTS, `qemu:dirty-bitmap:${disk.bitmap}`]);
@@ -157,12 +167,7 @@ describe('NBD client against qemu-nbd', () => {
   it('two connections and two contexts: each connection answers one, the dirty read is unchanged', async () => {
     const s = await open(dirtyReadContexts(disk.bitmap), 2);
     expect(s.connectionCount).toBe(2);
-    expect([...s.info.contexts.keys()].sort()).toEqual([...dirtyReadContexts(disk.bitmap)].sort());
-    const extents = await collect(readDirty(s, disk.bitmap));
-    await s.close();
-    checkAgainstReference(extents, disk.reference);
-    const dirty = nbdinfoMap(server.socket, `qemu:dirty-bitmap:${disk.bitmap}`).filter((m) => m.type & 1);
-    expect(merged(extents)).toEqual(merged(dirty));
+    await expectDirtyReadThenClose(s);
   });
 
   it('a server that takes one client at a time (qemu-nbd -e 1): the contexts fall back to one connection, no hang', async () => {
@@ -174,12 +179,7 @@ describe('NBD client against qemu-nbd', () => {
       const s = await NbdSession.open(() => connectSocketChannel({ path: own.socket }), { exportName: '', metaContexts: dirtyReadContexts(disk.bitmap), connections: 2, timeoutMs: 1500 });
       expect(Date.now() - started).toBeLessThan(10_000);
       expect(s.connectionCount).toBe(1);
-      expect([...s.info.contexts.keys()].sort()).toEqual([...dirtyReadContexts(disk.bitmap)].sort());
-      const extents = await collect(readDirty(s, disk.bitmap));
-      await s.close();
-      checkAgainstReference(extents, disk.reference);
-      const dirty = nbdinfoMap(server.socket, `qemu:dirty-bitmap:${disk.bitmap}`).filter((m) => m.type & 1);
-      expect(merged(extents)).toEqual(merged(dirty));
+      await expectDirtyReadThenClose(s);
     } finally {
       await own.stop();
     }
