@@ -112,6 +112,15 @@ function rbdShim(dir) {
   writeFileSync(file, `#!/bin/sh\ncase "$*" in *export*) date +%s%N >> "$VPROTECT_BENCH_SPAWNS";; esac\nexec ${real} "$@"\n`, { mode: 0o755 });
   return dir;
 }
+/**
+ * rbd returns once its file is in the page cache; vprotect reports a point only once its data is
+ * on disk. `durableSeconds` adds the fsync (`sync FILE`) that puts the baseline's file there too.
+ */
+function durable(r, file) {
+  const t0 = process.hrtime.bigint();
+  execFileSync('sync', [file]);
+  return { ...r, durableSeconds: r.seconds + Number(process.hrtime.bigint() - t0) / 1e9 };
+}
 function child(...a) {
   const spawns = join(work, 'spawns');
   writeFileSync(spawns, '');
@@ -155,7 +164,7 @@ try {
     rbd('snap', 'create', `${pool}/${src}@bench-s1`);
     const exportFile = join(work, 'export.raw');
     const fullBaseline = () => {
-      results.fullBase.push(timedRbd('export', '--no-progress', `${pool}/${src}@bench-s1`, exportFile));
+      results.fullBase.push(durable(timedRbd('export', '--no-progress', `${pool}/${src}@bench-s1`, exportFile), exportFile));
       rmSync(exportFile);
     };
     if (baselineFirst) fullBaseline();
@@ -175,7 +184,7 @@ try {
     rbd('snap', 'create', `${pool}/${src}@bench-s2`);
     const diffFile = join(work, 'inc.diff');
     const incBaseline = () => {
-      results.incBase.push(timedRbd('export-diff', '--no-progress', '--from-snap', 'bench-s1', `${pool}/${src}@bench-s2`, diffFile));
+      results.incBase.push(durable(timedRbd('export-diff', '--no-progress', '--from-snap', 'bench-s1', `${pool}/${src}@bench-s2`, diffFile), diffFile));
       stored.incDiffFile = statSync(diffFile).size;
       rmSync(diffFile);
     };
@@ -211,15 +220,17 @@ try {
   const m = (k, f = 'seconds') => median(results[k].map((r) => r[f]));
   // Ratios of the same run (baseline and vprotect read the same snapshot minutes apart): the
   // machine's load moves both, so per-run ratios vary less than ratios of medians.
-  const perRun = (mine, f, base) => results[mine].map((r, i) => results[base][i].seconds / r[f]);
+  const perRun = (mine, f, base, baseField = 'seconds') => results[mine].map((r, i) => results[base][i][baseField] / r[f]);
   const fmtRuns = (xs) => `${xs.map((x) => x.toFixed(2)).join(', ')}; median ${median(xs).toFixed(2)}×`;
   const dataFull = 1024 * MiB;
   const dataInc = stored.incDiffFile;
   const rows = [
     ['full backup, export start → durable', m('full', 'exportSeconds'), m('fullBase'), 'rbd export @snap → file', dataFull],
+    ['  same, baseline fsync\'d', m('full', 'exportSeconds'), m('fullBase', 'durableSeconds'), 'rbd export → file + sync FILE', dataFull],
     ['full backup, data phase', m('full', 'dataSeconds'), m('fullBase'), 'rbd export @snap → file', dataFull],
     ['full backup, whole run', m('full'), m('fullBase'), 'rbd export @snap → file', dataFull],
     ['incremental, export start → durable', m('inc', 'exportSeconds'), m('incBase'), 'rbd export-diff --from-snap → file', dataInc],
+    ['  same, baseline fsync\'d', m('inc', 'exportSeconds'), m('incBase', 'durableSeconds'), 'rbd export-diff → file + sync FILE', dataInc],
     ['incremental, data phase', m('inc', 'dataSeconds'), m('incBase'), 'rbd export-diff --from-snap → file', dataInc],
     ['incremental, whole run', m('inc'), m('incBase'), 'rbd export-diff --from-snap → file', dataInc],
     ['restore (full + inc) to new image', m('restore'), m('restoreBase'), 'rbd import + snap create + import-diff', dataFull + dataInc],
@@ -231,7 +242,7 @@ try {
   }
   process.stdout.write(
     `ratios per run (baseline / vprotect): full export→durable ${fmtRuns(perRun('full', 'exportSeconds', 'fullBase'))}; full data ${fmtRuns(perRun('full', 'dataSeconds', 'fullBase'))}; full whole ${fmtRuns(perRun('full', 'seconds', 'fullBase'))}\n` +
-      `  incremental export→durable ${fmtRuns(perRun('inc', 'exportSeconds', 'incBase'))}; incremental data ${fmtRuns(perRun('inc', 'dataSeconds', 'incBase'))}; incremental whole ${fmtRuns(perRun('inc', 'seconds', 'incBase'))}; restore ${fmtRuns(perRun('restore', 'seconds', 'restoreBase'))}\n`,
+      `  incremental export→durable ${fmtRuns(perRun('inc', 'exportSeconds', 'incBase'))}; same vs the fsync'd baseline ${fmtRuns(perRun('inc', 'exportSeconds', 'incBase', 'durableSeconds'))}; incremental data ${fmtRuns(perRun('inc', 'dataSeconds', 'incBase'))}; incremental whole ${fmtRuns(perRun('inc', 'seconds', 'incBase'))}; restore ${fmtRuns(perRun('restore', 'seconds', 'restoreBase'))}\n`,
   );
   const cpu = (k) => median(results[k].map((r) => r.userS + r.sysS + r.childrenS));
   process.stdout.write(
