@@ -3,6 +3,7 @@
  * (incompressible) data in every other 4 MiB, i.e. half of it, so that holes and data both count.
  * `bootable` puts an MBR signature in the first sector (qemu guests then try to boot it).
  */
+import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 
@@ -29,4 +30,15 @@ export function writeHalfRandomImage(path, { sizeMiB = 2048, bootable = false } 
  */
 export function childNodeArgs() {
   return (process.env.VPROTECT_BENCH_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+}
+
+/**
+ * The baselines (rbd, ssh cat, virtnbdbackup) return with their files in the page cache;
+ * vprotect reports a point only once its data is on disk. Adds `durableSeconds`: the baseline's
+ * time plus the fsync of its files (`sync FILE…`), to compare like with like.
+ */
+export function withFsync(result, files) {
+  const t0 = process.hrtime.bigint();
+  execFileSync('sync', files);
+  return { ...result, durableSeconds: result.seconds + Number(process.hrtime.bigint() - t0) / 1e9 };
 }

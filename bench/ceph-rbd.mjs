@@ -22,7 +22,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { childNodeArgs, writeHalfRandomImage } from './_seed.mjs';
+import { childNodeArgs, withFsync, writeHalfRandomImage } from './_seed.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const LAB = process.env.VPROTECT_LAB ?? '/tmp/vprotect-lab';
@@ -112,15 +112,6 @@ function rbdShim(dir) {
   writeFileSync(file, `#!/bin/sh\ncase "$*" in *export*) date +%s%N >> "$VPROTECT_BENCH_SPAWNS";; esac\nexec ${real} "$@"\n`, { mode: 0o755 });
   return dir;
 }
-/**
- * rbd returns once its file is in the page cache; vprotect reports a point only once its data is
- * on disk. `durableSeconds` adds the fsync (`sync FILE`) that puts the baseline's file there too.
- */
-function durable(r, file) {
-  const t0 = process.hrtime.bigint();
-  execFileSync('sync', [file]);
-  return { ...r, durableSeconds: r.seconds + Number(process.hrtime.bigint() - t0) / 1e9 };
-}
 function child(...a) {
   const spawns = join(work, 'spawns');
   writeFileSync(spawns, '');
@@ -164,7 +155,7 @@ try {
     rbd('snap', 'create', `${pool}/${src}@bench-s1`);
     const exportFile = join(work, 'export.raw');
     const fullBaseline = () => {
-      results.fullBase.push(durable(timedRbd('export', '--no-progress', `${pool}/${src}@bench-s1`, exportFile), exportFile));
+      results.fullBase.push(withFsync(timedRbd('export', '--no-progress', `${pool}/${src}@bench-s1`, exportFile), [exportFile]));
       rmSync(exportFile);
     };
     if (baselineFirst) fullBaseline();
@@ -184,7 +175,7 @@ try {
     rbd('snap', 'create', `${pool}/${src}@bench-s2`);
     const diffFile = join(work, 'inc.diff');
     const incBaseline = () => {
-      results.incBase.push(durable(timedRbd('export-diff', '--no-progress', '--from-snap', 'bench-s1', `${pool}/${src}@bench-s2`, diffFile), diffFile));
+      results.incBase.push(withFsync(timedRbd('export-diff', '--no-progress', '--from-snap', 'bench-s1', `${pool}/${src}@bench-s2`, diffFile), [diffFile]));
       stored.incDiffFile = statSync(diffFile).size;
       rmSync(diffFile);
     };

@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import { childNodeArgs, writeHalfRandomImage } from './_seed.mjs';
+import { childNodeArgs, withFsync, writeHalfRandomImage } from './_seed.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const LAB = process.env.VPROTECT_LAB ?? '/tmp/vprotect-lab';
@@ -81,7 +81,8 @@ function vprotectBackup(inventory, domain, transport, level) {
   const d = done.disks[0];
   return { pointId: done.pointId, level: done.level, storedBytes: d.storedBytes, dataBytes: d.dataBytes, seconds: r.seconds, engineSeconds: done.seconds, maxRssKiB: r.maxRssKiB };
 }
-const dirBytes = (d) => readdirSync(d, { recursive: true }).map((f) => join(d, f)).filter((f) => statSync(f).isFile()).reduce((n, f) => n + statSync(f).blocks * 512, 0);
+const filesIn = (d) => readdirSync(d, { recursive: true }).map((f) => join(d, f)).filter((f) => statSync(f).isFile());
+const dirBytes = (d) => filesIn(d).reduce((n, f) => n + statSync(f).blocks * 512, 0);
 const gbps = (bytes, s) => `${(bytes / s / 1e9).toFixed(2)} GB/s`;
 const ratio = (x) => `${x.toFixed(2)}×`;
 /** A vprotect command's time: the whole command (what the ratio uses), then the engine's share. */
@@ -133,7 +134,7 @@ try {
   // Full: ssh cat of the image file (what "copy the disk over SSH" costs), cache warm for both.
   execFileSync('cat', [disk], { stdio: ['ignore', 'ignore', 'ignore'] });
   const sshArgs = ['-c', 'aes128-gcm@openssh.com', '-i', ssh.keyFile, '-o', `UserKnownHostsFile=${ssh.knownHostsFile}`, '-o', 'StrictHostKeyChecking=yes', '-p', String(ssh.port), `${ssh.user}@${ssh.host}`];
-  results.sshCat = timed('sh', ['-c', 'd=$1; o=$2; shift 2; ssh "$@" cat "$d" > "$o"', 'sh', disk, join(work, 'cat.out'), ...sshArgs]);
+  results.sshCat = withFsync(timed('sh', ['-c', 'd=$1; o=$2; shift 2; ssh "$@" cat "$d" > "$o"', 'sh', disk, join(work, 'cat.out'), ...sshArgs]), [join(work, 'cat.out')]);
   results.sshCat.bytes = statSync(join(work, 'cat.out')).size;
   rmSync(join(work, 'cat.out'));
   process.stdout.write(`ssh cat: ${results.sshCat.seconds.toFixed(2)} s\n`);
@@ -145,7 +146,7 @@ try {
   results.fullTcp = vprotectBackup(inventory, domain, 'netcat', 'full');
   process.stdout.write(`vprotect full (tcp): ${results.fullTcp.seconds.toFixed(2)} s\n`);
   const vnb = join(work, 'virtnbdbackup');
-  results.vnbFull = timed('virtnbdbackup', ['-d', domainB, '-l', 'full', '-o', vnb, '--noprogress']);
+  results.vnbFull = withFsync(timed('virtnbdbackup', ['-d', domainB, '-l', 'full', '-o', vnb, '--noprogress']), filesIn(vnb));
   results.vnbFull.bytes = dirBytes(vnb);
   process.stdout.write(`virtnbdbackup full: ${results.vnbFull.seconds.toFixed(2)} s\n`);
 
@@ -159,7 +160,7 @@ try {
     const before = dirBytes(vnb);
     results[`inc${name}Ssh`] = vprotectBackup(inventory, domain, 'ssh', 'incremental');
     results[`inc${name}Tcp`] = vprotectBackup(inventory, domain, 'netcat', 'incremental');
-    results[`vnbInc${name}`] = timed('virtnbdbackup', ['-d', domainB, '-l', 'inc', '-o', vnb, '--noprogress']);
+    results[`vnbInc${name}`] = withFsync(timed('virtnbdbackup', ['-d', domainB, '-l', 'inc', '-o', vnb, '--noprogress']), filesIn(vnb));
     results[`vnbInc${name}`].bytes = dirBytes(vnb) - before;
     results[`changed${name}`] = count * size;
     process.stdout.write(`incremental ${name}: vprotect ssh ${results[`inc${name}Ssh`].seconds.toFixed(2)} s, tcp ${results[`inc${name}Tcp`].seconds.toFixed(2)} s, virtnbdbackup ${results[`vnbInc${name}`].seconds.toFixed(2)} s\n`);
@@ -168,10 +169,12 @@ try {
   const r = results;
   const rows = [
     ['full over SSH vs ssh cat', `${secs(r.fullSsh)} (${gbps(r.fullSsh.dataBytes, r.fullSsh.seconds)} of data)`, `${r.sshCat.seconds.toFixed(2)} s (${gbps(r.sshCat.bytes, r.sshCat.seconds)})`, ratio(r.sshCat.seconds / r.fullSsh.seconds), '≥ 1.0×'],
+    ['  same, ssh cat fsync\'d', secs(r.fullSsh), `${r.sshCat.durableSeconds.toFixed(2)} s`, ratio(r.sshCat.durableSeconds / r.fullSsh.seconds), ''],
     ['full over TCP vs virtnbdbackup full', secs(r.fullTcp), `${r.vnbFull.seconds.toFixed(2)} s`, ratio(r.vnbFull.seconds / r.fullTcp.seconds), '≥ 1.5×'],
     ['inc A (256×64 KiB) stored / 16 MiB changed', `${(r.incASsh.storedBytes / MiB).toFixed(2)} MiB`, `vnb ${(r.vnbIncA.bytes / MiB).toFixed(2)} MiB`, ratio(r.incASsh.storedBytes / r.changedA), '≤ 1.1×'],
     ['inc A time, ssh vs virtnbdbackup', secs(r.incASsh), `${r.vnbIncA.seconds.toFixed(2)} s`, ratio(r.incASsh.seconds / r.vnbIncA.seconds), '≤ 0.5× (time ratio)'],
     ['inc A time, tcp vs virtnbdbackup', secs(r.incATcp), `${r.vnbIncA.seconds.toFixed(2)} s`, ratio(r.incATcp.seconds / r.vnbIncA.seconds), '≤ 0.5× (time ratio)'],
+    ['  inc A, tcp vs virtnbdbackup fsync\'d', secs(r.incATcp), `${r.vnbIncA.durableSeconds.toFixed(2)} s`, ratio(r.incATcp.seconds / r.vnbIncA.durableSeconds), ''],
     ['inc B (64×4 MiB) throughput, ssh vs vnb', gbps(r.changedB, r.incBSsh.seconds), gbps(r.changedB, r.vnbIncB.seconds), ratio(r.vnbIncB.seconds / r.incBSsh.seconds), '≥ 1.0×'],
     ['inc B throughput, tcp vs vnb', gbps(r.changedB, r.incBTcp.seconds), gbps(r.changedB, r.vnbIncB.seconds), ratio(r.vnbIncB.seconds / r.incBTcp.seconds), '≥ 1.0×'],
     ['peak RSS of vprotect (max over steps)', `${(Math.max(...['fullSsh', 'fullTcp', 'incASsh', 'incATcp', 'incBSsh', 'incBTcp'].map((k) => r[k].maxRssKiB)) / 1024).toFixed(0)} MiB`, `vnb full ${(r.vnbFull.maxRssKiB / 1024).toFixed(0)} MiB`, '', '≤ 200 MB'],
