@@ -10,7 +10,7 @@
  */
 import { errorMessage, UsageError } from '../errors.js';
 import type { CephClusterConfig, Inventory } from '../inventory/types.js';
-import type { EventSink } from '../log.js';
+import type { EventSink, Logger } from '../log.js';
 import type { Volume } from '../openstack/cinder.js';
 import type { DiskRecord } from '../openstack/vm.js';
 import type { PointInfo, Repository } from '../repository/repository.js';
@@ -53,15 +53,17 @@ export async function locateVolumeImage(
   cloud: string,
   volumeId: string,
   original: DiskRecord | undefined,
-  signal?: AbortSignal,
+  opts: { signal?: AbortSignal | undefined; log?: Logger | undefined } = {},
 ): Promise<{ location: RbdLocation | undefined; searched: string[] }> {
+  const { signal, log } = opts;
   const { Rbd, localExec } = await cephRbd();
   const image = `volume-${volumeId}`;
   const searched: string[] = [];
   const originalPool = original?.backend.kind === 'rbd' ? original.backend.pool : undefined;
   for (const [clusterName, cluster] of candidateClusters(inventory, cloud)) {
     const pools = [...new Set([originalPool, ...(cluster.pools ?? []), 'volumes'].filter((p): p is string => p !== undefined))];
-    const rbd = await Rbd.open(localExec(), clusterName, cluster);
+    // The handle also writes the volume (writeVolumeImage): its commands go to the debug log.
+    const rbd = await Rbd.open(localExec(), clusterName, cluster, log ? { log } : {});
     let found: RbdLocation | undefined;
     try {
       for (const pool of pools) {

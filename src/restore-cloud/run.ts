@@ -147,7 +147,7 @@ export async function restoreToCloud(req: RestoreCloudRequest): Promise<RestoreC
         { onCreated: (id) => ledger.add({ kind: 'volume', id, name: v.name, disk: v.disk }) },
       );
       const originalDisk = meta.disks?.find((d) => d.key === v.disk);
-      const { location, searched } = await locateVolumeImage(req.inventory, req.cloud.name, created.id, originalDisk, signal);
+      const { location, searched } = await locateVolumeImage(req.inventory, req.cloud.name, created.id, originalDisk, { signal, log });
       if (!location) throw notOnRbd(created, req.cloud.name, searched);
       log.info(`writing ${src.key} of point ${point.pointId} into volume ${created.id} (rbd ${location.pool}/${location.image} of cluster ${location.clusterName})`);
       const w = await writeVolumeImage({ repo, point, key: src.key, location, volumeBytes: v.sizeGb * GiB, signal, events: req.events });
