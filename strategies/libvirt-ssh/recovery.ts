@@ -39,8 +39,24 @@ function olderCheckpoints(j: Journal): string[] {
  * libvirt deletes bitmaps only of a running domain: otherwise the old bitmaps stay (harmless,
  * `qemu-img bitmap --remove` by hand).
  */
-export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boolean; started?: boolean }): Promise<void> {
-  if (!opts.started) await startFinish(hv, j, { writeJournal: false });
+export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boolean }): Promise<void> {
+  const stops = stopServerSteps(j);
+  if (stops.length) await runBatch(hv, stops, { signal: null });
+  await dropRun(hv, j, opts);
+}
+
+/**
+ * A run's own commit, first round trip (while its backup job ends): the journal that says
+ * "committing" — it must have succeeded before anything is dropped — and the qemu-nbd servers
+ * stopped. Then dropRun.
+ */
+export async function startCommit(hv: Hypervisor, j: Journal): Promise<void> {
+  const r = await runBatch(hv, [journalStep(j), ...stopServerSteps(j)], { signal: null });
+  if (r[0]!.code !== 0) throw new UnavailableError(`writing the run journal ${j.dir} on ${hv.name} failed: ${r[0]!.stderr.trim().slice(-500) || `exit status ${r[0]!.code ?? 'unknown'}`}`);
+}
+
+/** The rest of finishRun, once the servers are stopped: the job, the checkpoints, the overlays, the run directory. */
+export async function dropRun(hv: Hypervisor, j: Journal, opts: { running: boolean }): Promise<void> {
   if (j.job) await hv.endOwnBackupJob(j.domain, j.dir);
   // Older checkpoints with their bitmaps first, then the new one's metadata only.
   await deleteCheckpoints(hv, j.domain, [...olderCheckpoints(j).map((name) => ({ name, metadataOnly: !opts.running })), ...(j.checkpoint ? [{ name: j.checkpoint.name, metadataOnly: true }] : [])]);
@@ -48,16 +64,9 @@ export async function finishRun(hv: Hypervisor, j: Journal, opts: { running: boo
   await hv.remove(j.dir);
 }
 
-/**
- * The first round trip of finishRun: with `writeJournal`, the journal (it must say "committing"
- * and have succeeded before anything is dropped), then the qemu-nbd servers stopped. A run's own
- * commit runs it while its backup job ends, then finishRun with `started`.
- */
-export async function startFinish(hv: Hypervisor, j: Journal, opts: { writeJournal: boolean }): Promise<void> {
-  const pre: Step[] = [...(opts.writeJournal ? [journalStep(j)] : []), ...(j.nbdPidFiles ?? []).map((pid) => ({ argv: stopQemuNbdArgv(pid), mayFail: true }))];
-  if (pre.length === 0) return;
-  const r = await runBatch(hv, pre, { signal: null });
-  if (opts.writeJournal && r[0]!.code !== 0) throw new UnavailableError(`writing the run journal ${j.dir} on ${hv.name} failed: ${r[0]!.stderr.trim().slice(-500) || `exit status ${r[0]!.code ?? 'unknown'}`}`);
+/** Stopping the run's qemu-nbd servers (they may be gone already). */
+function stopServerSteps(j: Journal): Step[] {
+  return (j.nbdPidFiles ?? []).map((pid) => ({ argv: stopQemuNbdArgv(pid), mayFail: true }));
 }
 
 /**
@@ -66,7 +75,8 @@ export async function startFinish(hv: Hypervisor, j: Journal, opts: { writeJourn
  */
 export async function rollbackRun(hv: Hypervisor, j: Journal, opts: { running: boolean }): Promise<void> {
   if (j.job) await hv.endOwnBackupJob(j.domain, j.dir);
-  if (j.nbdPidFiles?.length) await runBatch(hv, j.nbdPidFiles.map((pid) => ({ argv: stopQemuNbdArgv(pid), mayFail: true })), { signal: null });
+  const stops = stopServerSteps(j);
+  if (stops.length) await runBatch(hv, stops, { signal: null });
   await deleteCheckpoints(hv, j.domain, [...(j.checkpoint ? [{ name: j.checkpoint.name, metadataOnly: !opts.running }] : []), ...olderCheckpoints(j).map((name) => ({ name, metadataOnly: true }))]);
   for (const o of j.overlays ?? []) await rollbackOverlay(hv, j.domain, o, opts.running);
   await hv.remove(j.dir);

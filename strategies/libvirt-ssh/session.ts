@@ -35,7 +35,7 @@ import { Hypervisor } from './hypervisor.js';
 import { journalStep, listJournalsArgv, newJournal, newRunId, parseJournalListing, writeJournal, type Journal, type ListedJournal, type OverlayRecord } from './journal.js';
 import { asAnchor, chooseMode, decideLevel, parseOptions, selectDisks, type DiskAnchor, type LibvirtSshOptions, type Mode, type SkippedDisk } from './plan.js';
 import { startQemuNbd, stopQemuNbd } from './qemu-nbd.js';
-import { recoverStaleRuns, rollbackRun, finishRun, startFinish } from './recovery.js';
+import { dropRun, recoverStaleRuns, rollbackRun, startCommit } from './recovery.js';
 import { openRbdDisks } from './rbd-disks.js';
 import { overlayRecord, snapshotArgs } from './snapshot-mode.js';
 
@@ -753,8 +753,8 @@ export class LibvirtSshSession implements BackupSession {
         this.journal.phase = 'committing';
         // The journal that says "committing" is written (shell) while the backup job ends (virsh):
         // both before anything is dropped, neither waits for the other.
-        await Promise.all([this.jobEnding, startFinish(this.hv, this.journal, { writeJournal: true })]);
-        await finishRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused', started: true });
+        await Promise.all([this.jobEnding, startCommit(this.hv, this.journal)]);
+        await dropRun(this.hv, this.journal, { running: this.domainState === 'running' || this.domainState === 'paused' });
       } catch (err) {
         fileError = err;
       }
