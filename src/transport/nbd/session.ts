@@ -36,12 +36,18 @@ export interface NbdSessionOptions extends NbdConnectionOptions {
 }
 
 export class NbdSession implements NbdSource {
+  /** The export's facts; `contexts` names every context the session answers, whichever connection does. */
+  readonly info: ExportInfo;
+
   private constructor(
     private readonly connections: NbdConnection[],
     /** The connections that answer block status, together every context (one each when split). */
     private readonly status: NbdConnection[],
     readonly description: string,
-  ) {}
+  ) {
+    const first = status[0]!.info;
+    this.info = status.length === 1 ? first : { ...first, contexts: new Map(status.flatMap((c) => [...c.info.contexts])) };
+  }
 
   static async open(dial: NbdDialer, options: NbdSessionOptions): Promise<NbdSession> {
     const wanted = Math.max(1, Math.floor(options.connections ?? 1));
@@ -95,13 +101,6 @@ export class NbdSession implements NbdSource {
       } else options.log?.warn('extra NBD connection failed; continuing with fewer', { server: first!.description, error: errorMessage(r.e) });
     });
     return new NbdSession(connections, status, first!.description);
-  }
-
-  /** The export's facts; `contexts` names every context the session answers, whichever connection does. */
-  get info(): ExportInfo {
-    const info = this.status[0]!.info;
-    if (this.status.length === 1) return info;
-    return { ...info, contexts: new Map(this.status.flatMap((c) => [...c.info.contexts])) };
   }
 
   /** The first connection's pacing, with bytes in flight scaled by the number of connections. */
