@@ -37,7 +37,7 @@ function labCeph() {
   const file = join(LAB, 'lab.json');
   if (!existsSync(file) || !existsSync(join(LAB, 'state', 'ceph.ready'))) throw new Error('the lab\'s Ceph is not running: start it with `npm run lab:up`');
   const c = JSON.parse(readFileSync(file, 'utf8')).ceph;
-  return { conf: c.conf, keyring: c.keyring, user: c.user };
+  return { conf: c.conf, keyring: c.keyring, user: c.user, adminKeyring: c.adminKeyring };
 }
 
 // ---------------------------------------------------------------- child: one measured vprotect step
@@ -91,6 +91,7 @@ if (args[0] === '--child') {
 const ceph = labCeph();
 const pool = opt('pool', 'volumes');
 const runs = Number(opt('runs', '4'));
+let coldReads = false;
 const rbdArgs = ['--id', ceph.user, '--conf', ceph.conf, '--keyring', ceph.keyring];
 const rbd = (...a) => execFileSync('rbd', [...rbdArgs, ...a], { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * MiB }).toString();
 /** Runs rbd under /usr/bin/time: seconds, peak RSS (KiB) and CPU seconds of rbd itself. */
@@ -112,7 +113,20 @@ function rbdShim(dir) {
   writeFileSync(file, `#!/bin/sh\ncase "$*" in *export*) date +%s%N >> "$VPROTECT_BENCH_SPAWNS";; esac\nexec ${real} "$@"\n`, { mode: 0o755 });
   return dir;
 }
+/**
+ * Empties the OSDs' caches (onodes, buffers), so that every measured read of a snapshot starts
+ * cold. Without it, whoever read a snapshot first warmed the OSD for the second (cold reads took
+ * ~1.4 s here, warm ~1.0 s for the same diff), and alternating the order did not balance that out
+ * for an odd number of runs: the median then fell on the side that read first more often.
+ * Returns false when the admin key is not at hand; the bench then alternates the order only.
+ */
+function dropOsdCaches() {
+  if (!ceph.adminKeyring) return false;
+  execFileSync('ceph', ['--conf', ceph.conf, '--name', 'client.admin', '--keyring', ceph.adminKeyring, 'tell', 'osd.*', 'cache', 'drop'], { stdio: 'ignore' });
+  return true;
+}
 function child(...a) {
+  if (a[0] === 'backup') coldReads = dropOsdCaches();
   const spawns = join(work, 'spawns');
   writeFileSync(spawns, '');
   const env = { ...process.env, PATH: `${shimDir}:${process.env.PATH}`, VPROTECT_BENCH_SPAWNS: spawns };
@@ -149,12 +163,14 @@ try {
 
   for (let run = 0; run < runs; run++) {
     const repo = join(work, `repo-${run}`);
-    // Who reads a snapshot first warms the OSD's caches for the second: alternate the order.
+    // Who reads a snapshot first would warm the OSD's caches for the second: the caches are
+    // dropped before each measured read (dropOsdCaches), and the order alternates as well.
     const baselineFirst = run % 2 === 1;
     // ---- full (the baseline reads a user snapshot of the same content as vprotect's)
     rbd('snap', 'create', `${pool}/${src}@bench-s1`);
     const exportFile = join(work, 'export.raw');
     const fullBaseline = () => {
+      coldReads = dropOsdCaches();
       results.fullBase.push(withFsync(timedRbd('export', '--no-progress', `${pool}/${src}@bench-s1`, exportFile), [exportFile]));
       rmSync(exportFile);
     };
@@ -175,6 +191,7 @@ try {
     rbd('snap', 'create', `${pool}/${src}@bench-s2`);
     const diffFile = join(work, 'inc.diff');
     const incBaseline = () => {
+      coldReads = dropOsdCaches();
       results.incBase.push(withFsync(timedRbd('export-diff', '--no-progress', '--from-snap', 'bench-s1', `${pool}/${src}@bench-s2`, diffFile), [diffFile]));
       stored.incDiffFile = statSync(diffFile).size;
       rmSync(diffFile);
@@ -227,6 +244,7 @@ try {
     ['restore (full + inc) to new image', m('restore'), m('restoreBase'), 'rbd import + snap create + import-diff', dataFull + dataInc],
   ];
   process.stdout.write(`\nceph-rbd on ${pool}, 2 GiB image / 1 GiB data, incremental 256 × 1 MiB; median of ${runs} run(s); load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`);
+  process.stdout.write(coldReads ? 'every measured step starts with the OSD caches dropped (ceph tell osd.* cache drop)\n' : 'no admin key: OSD caches were not dropped, so the order of each pair alternates (an odd number of runs favours one side)\n');
   process.stdout.write('(whole run = plan + snapshot + data + manifest + rotation: an incremental runs 4 rbd commands one after the other, a first full 3)\n');
   for (const [what, mine, base, baseWhat, bytes] of rows) {
     process.stdout.write(`${what.padEnd(36)} vprotect ${mine.toFixed(2)} s (${gbps(bytes, mine)})  vs ${baseWhat} ${base.toFixed(2)} s (${gbps(bytes, base)})  ratio ${(base / mine).toFixed(2)}×\n`);

@@ -9,13 +9,13 @@ import { createHash } from 'node:crypto';
 import { errorMessage, throwIfAborted, VprotectError } from '../errors.js';
 import type { BackupLevel } from '../inventory/types.js';
 import type { PointManifest } from '../repository/manifest.js';
-import type { StepHook } from '../repository/disk-writers.js';
+import type { DiskStats, StepHook } from '../repository/disk-writers.js';
 import { newPointId } from '../repository/ids.js';
 import type { PointWriter } from '../repository/point-writer.js';
 import type { PointInfo, Repository } from '../repository/repository.js';
 import { shouldStartNewChain } from '../repository/retention.js';
 import type { BackupSession, BackupTarget, DiskPlan, MetadataFile, PreviousPoint, Strategy, StrategyContext } from '../strategy/contract.js';
-import { withProgress } from './progress.js';
+import { progressOf, withProgress } from './progress.js';
 
 export interface BackupVmRequest {
   repo: Repository;
@@ -94,7 +94,6 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
       signal: ctx.signal,
       ...(req.onStep ? { onStep: req.onStep } : {}),
     });
-    for (const file of await session.metadata()) await writer.addMetadata(file.name, file.content);
     const warnings: string[] = [];
     if (req.captureMetadata) {
       // The disks matter more than their description: a cloud that cannot be read now costs a warning, not the backup.
@@ -108,11 +107,21 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
 
     const disks: DiskResult[] = [];
     for (const plan of plans) {
-      const extents = withProgress(session.read(plan), { events: ctx.events, id: `${target.vmId}/${plan.key}`, label: `${target.vmName} ${plan.key}`, total: plan.size });
-      const stats = await writer.writeDisk({ key: plan.key, size: plan.size, sourceFormat: plan.sourceFormat }, extents);
+      const report = { events: ctx.events, id: `${target.vmId}/${plan.key}`, label: `${target.vmName} ${plan.key}`, total: plan.size };
+      const spec = { key: plan.key, size: plan.size, sourceFormat: plan.sourceFormat };
+      const tool = pointLevel === 'incremental' ? session.toolDiff?.(plan) : undefined;
+      let stats: DiskStats;
+      if (tool) {
+        const progress = progressOf(report);
+        stats = await writer.writeDiskFromTool(spec, tool, (end) => progress.at(end));
+        progress.end();
+      } else stats = await writer.writeDisk(spec, withProgress(session.read(plan), report));
       writer.setSourceAnchor(plan.key, anchorRecord(session.sourceAnchor(plan)));
       disks.push({ key: plan.key, level: plan.level, reason: plan.reason, size: plan.size, ...pickStats(stats) });
     }
+    // After the disks: a strategy may still be recording what it describes here (ceph-rbd lists
+    // the new snapshots while the first disk is read).
+    for (const file of await session.metadata()) await writer.addMetadata(file.name, file.content);
     const manifest = await writer.commit();
 
     // The point is durable from here on: a failure now must not turn a good backup into a failed one.

@@ -7,7 +7,7 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { DataCorruptError } from '../errors.js';
-import { RECORD_HEADER_BYTES } from './rbd-diff.js';
+import { RECORD_HEADER_BYTES, SIZE_RECORD_BYTES } from './rbd-diff.js';
 
 export const INDEX_HEADER = '# vprotect rbdiff index v1';
 
@@ -69,7 +69,8 @@ class Grow {
 
 /**
  * Loads and checks an index: ascending non-overlapping records inside `size`, file offsets that
- * follow each other exactly from `firstFileOffset`, and the diff file's length
+ * follow each other exactly from `firstFileOffset` (or that plus repeated size records: a diff
+ * written by the source's tool, docs/FORMAT.md §5), and the diff file's length
  * (`diffFileSize` = last record's end + 1 byte for `e`).
  */
 export async function loadDiffIndex(path: string, opts: { size: number; firstFileOffset: number; diffFileSize: number; what: string; diffPath?: string }): Promise<DiffIndex> {
@@ -84,6 +85,8 @@ export async function loadDiffIndex(path: string, opts: { size: number; firstFil
   let lineNo = 0;
   let end = 0;
   let nextFileOffset = opts.firstFileOffset;
+  // Where the records may start: after the plain preamble, or after it and some repeated `s` records.
+  const startsRecords = (at: number) => at >= opts.firstFileOffset && (at - opts.firstFileOffset) % SIZE_RECORD_BYTES === 0;
   const bad = (msg: string): never => {
     throw new DataCorruptError(`${what}: line ${lineNo}: ${msg}`, { data: { file: path } });
   };
@@ -103,6 +106,7 @@ export async function loadDiffIndex(path: string, opts: { size: number; firstFil
     if (![offset, length, fileOffset].every((v) => Number.isSafeInteger(v) && v >= 0) || length === 0) bad('bad number');
     if (offset < end) bad(`record at ${offset} overlaps or precedes the previous one`);
     if (offset + length > opts.size) bad(`record ${offset}+${length} is past the disk size ${opts.size}`);
+    if (n === 0 && startsRecords(fileOffset)) nextFileOffset = fileOffset;
     if (fileOffset !== nextFileOffset) bad(`record should start at byte ${nextFileOffset} of the diff, index says ${fileOffset}`);
     if (kind === 'w' ? !/^[0-9a-f]{64}$/.test(sha) : sha !== '-') bad('bad sha256 field');
     end = offset + length;
@@ -123,6 +127,7 @@ export async function loadDiffIndex(path: string, opts: { size: number; firstFil
     n++;
   }
   if (lineNo === 0) bad('empty index');
+  if (n === 0 && startsRecords(opts.diffFileSize - 1)) nextFileOffset = opts.diffFileSize - 1;
   if (nextFileOffset + 1 !== opts.diffFileSize) {
     // Named as damage of the diff: the index is checked by SHA256SUMS, the diff's length only here.
     throw new DataCorruptError(`${what}: the diff should be ${nextFileOffset + 1} bytes long by its index, it is ${opts.diffFileSize}`, { data: { file: opts.diffPath ?? path } });

@@ -13,6 +13,7 @@ import type { Extent } from './extents.js';
 import { SAFE_NAME_RE } from './ids.js';
 import { diskFiles, layout, MANIFEST, SUMS } from './layout.js';
 import type { VmLock } from './lock.js';
+import { writeToolDiffDisk, type ToolDiff } from './tool-diff.js';
 import { sealManifest, toJson, type DiskEntry, type PointLevel, type PointManifest } from './manifest.js';
 import type { PointInfo, Repository } from './repository.js';
 import { formatSums, type SumEntry } from './sums.js';
@@ -102,18 +103,31 @@ export class PointWriter {
 
   /** Writes one disk from its extents (ascending; gaps read as zeros for a full). */
   async writeDisk(spec: DiskSpec, extents: AsyncIterable<Extent> | Iterable<Extent>): Promise<DiskStats> {
+    const { entry, common } = this.addDisk(spec);
+    entry.written =
+      this.level === 'full'
+        ? await writeFullDisk({ ...common, blockSize: this.repo.blockSize }, extents)
+        : await writeDiffDisk({ ...common, fromSnap: this.parentId!, toSnap: this.pointId }, extents);
+    return entry.written.stats;
+  }
+
+  /** Writes one disk of an incremental point as the source's tool writes it (tool-diff.ts). */
+  async writeDiskFromTool(spec: DiskSpec, tool: ToolDiff, onRecord?: (end: number) => void): Promise<DiskStats> {
+    if (this.level !== 'incremental') throw new UsageError(`disk ${spec.key}: a tool's diff belongs to an incremental point, ${this.pointId} is ${this.level}`);
+    const { entry, common } = this.addDisk(spec);
+    entry.written = await writeToolDiffDisk({ ...common, fromSnap: this.parentId!, toSnap: this.pointId, ...(onRecord ? { onRecord } : {}) }, tool);
+    return entry.written.stats;
+  }
+
+  private addDisk(spec: DiskSpec) {
     this.assertOpen();
     if (!SAFE_NAME_RE.test(spec.key)) throw new UsageError(`"${spec.key}" cannot be a disk key`);
     if (!Number.isSafeInteger(spec.size) || spec.size < 0) throw new UsageError(`disk ${spec.key}: bad size ${spec.size}`);
     if (this.disks.has(spec.key)) throw new UsageError(`disk ${spec.key} is written twice in point ${this.pointId}`);
     const entry: { spec: DiskSpec; written?: WrittenDisk } = { spec };
     this.disks.set(spec.key, entry);
-    const common = { pointDir: this.dir, key: spec.key, size: spec.size, signal: this.init.signal, onStep: this.init.onStep };
-    entry.written =
-      this.level === 'full'
-        ? await writeFullDisk({ ...common, blockSize: this.repo.blockSize }, extents)
-        : await writeDiffDisk({ ...common, fromSnap: this.parentId!, toSnap: this.pointId }, extents);
-    return entry.written.stats;
+    const common = { pointDir: this.dir, key: spec.key, size: spec.size, ...(this.init.signal ? { signal: this.init.signal } : {}), ...(this.init.onStep ? { onStep: this.init.onStep } : {}) };
+    return { entry, common };
   }
 
   setSourceAnchor(key: string, anchor: Record<string, unknown>): void {

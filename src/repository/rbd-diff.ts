@@ -59,6 +59,34 @@ export function encodePreamble(h: RbdDiffHeader): Buffer {
   return Buffer.concat(parts);
 }
 
+/** Bytes of an `s` record. */
+export const SIZE_RECORD_BYTES = 9;
+
+/**
+ * The preamble of `h` grown to exactly `length` bytes by repeating its size record (the same
+ * size again changes nothing for any reader, rbd import-diff included): so a diff that the
+ * source's tool wrote with longer snapshot names gets the repository's names without moving its
+ * records (docs/FORMAT.md §5). Undefined when no number of size records fills the difference.
+ */
+export function encodePaddedPreamble(h: RbdDiffHeader & { size: number }, length: number): Buffer | undefined {
+  const plain = encodePreamble(h);
+  const pad = length - plain.length;
+  if (pad < 0 || pad % SIZE_RECORD_BYTES !== 0) return undefined;
+  return Buffer.concat([plain, ...Array.from({ length: pad / SIZE_RECORD_BYTES }, () => encodeSize(h.size))]);
+}
+
+/**
+ * Checks a stream's from/to snapshot names and size against what was asked for (the header of
+ * one diff must describe exactly the snapshots read). `header` holds what its f/t/s records said.
+ */
+export function checkDiffHeader(header: RbdDiffHeader, expected: RbdDiffHeader & { size: number }, what: string): void {
+  if (header.fromSnap !== expected.fromSnap) {
+    throw new DataCorruptError(`${what}: the stream is ${header.fromSnap === undefined ? 'a full export' : `relative to snapshot ${header.fromSnap}`}, expected ${expected.fromSnap === undefined ? 'a full export' : `snapshot ${expected.fromSnap}`}`);
+  }
+  if (header.toSnap !== expected.toSnap) throw new DataCorruptError(`${what}: the stream ends at snapshot ${header.toSnap ?? '(none)'}, expected ${expected.toSnap}`);
+  if (header.size !== expected.size) throw new DataCorruptError(`${what}: the stream says the image has ${header.size ?? 'no'} bytes, the snapshot has ${expected.size}`);
+}
+
 /** A whole diff as a stream of buffers (tests, small tools). The repository's writer streams its own. */
 export async function* encodeRbdDiff(h: RbdDiffHeader, extents: AsyncIterable<Extent> | Iterable<Extent>): AsyncGenerator<Buffer> {
   yield encodePreamble(h);

@@ -13,6 +13,7 @@ import type { BackupLevel, HypervisorConfig, Inventory, PolicyConfig, StrategyNa
 import type { Environment } from '../inventory/secrets.js';
 import type { RunContext } from '../log.js';
 import type { Extent } from '../repository/extents.js';
+import type { ToolDiff } from '../repository/tool-diff.js';
 
 /** What the engine knows of the VM to back up. */
 export interface BackupTarget {
@@ -88,6 +89,13 @@ export interface BackupSession {
    * src/util/buffer-pool.ts): the engine's writers copy it or finish with it before that.
    */
   read(disk: DiskPlan): AsyncIterable<Extent>;
+  /**
+   * Optional, for an incremental disk whose source tool writes "rbd diff v1" itself (`rbd
+   * export-diff`): the tool writes straight into the point's diff file, which the repository
+   * follows, checks and indexes (src/repository/tool-diff.ts), instead of the engine moving
+   * read()'s extents. Undefined when this disk cannot be read that way (then read() is used).
+   */
+  toolDiff?(disk: DiskPlan): ToolDiff | undefined;
   /** State the next incremental needs (checkpoint name, snapshot id, ...), stored in the manifest. */
   sourceAnchor(disk: DiskPlan): unknown;
   metadata(): Promise<MetadataFile[]>;

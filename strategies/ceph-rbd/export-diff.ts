@@ -11,7 +11,7 @@
 import { DataCorruptError, UnavailableError, VprotectError } from '../../src/errors.js';
 import { MAX_RECORD_BYTES } from '../../src/repository/disk-writers.js';
 import type { Extent } from '../../src/repository/extents.js';
-import { parseRbdDiff, type RbdDiffItem } from '../../src/repository/rbd-diff.js';
+import { checkDiffHeader, parseRbdDiff, type RbdDiffHeader, type RbdDiffItem } from '../../src/repository/rbd-diff.js';
 import type { StreamingExec } from './exec.js';
 import { imageSpec, type Rbd } from './rbd.js';
 
@@ -41,9 +41,12 @@ export interface ExportDiffRequest {
   reuseBuffers?: boolean;
 }
 
-/** argv (after the cluster arguments) of the export-diff for a request. */
-export function exportDiffArgs(r: Pick<ExportDiffRequest, 'pool' | 'image' | 'snap' | 'fromSnap'>): string[] {
-  return ['export-diff', '--no-progress', ...(r.fromSnap !== undefined ? ['--from-snap', r.fromSnap] : []), imageSpec(r.pool, r.image, r.snap), '-'];
+/** Where to look when rbd stops sending. */
+export const IDLE_HINT = 'check the cluster (ceph -s): rbd waits for ever on inactive placement groups';
+
+/** argv (after the cluster arguments) of the export-diff for a request, to stdout or into a new file. */
+export function exportDiffArgs(r: Pick<ExportDiffRequest, 'pool' | 'image' | 'snap' | 'fromSnap'>, to = '-'): string[] {
+  return ['export-diff', '--no-progress', ...(r.fromSnap !== undefined ? ['--from-snap', r.fromSnap] : []), imageSpec(r.pool, r.image, r.snap), to];
 }
 
 /** Starts the export-diff of a request (rbd reads ahead from here on); readExportDiff parses it. */
@@ -92,16 +95,12 @@ export async function* diffExtents(
   const own = !reuse && req.sourceReusesBuffers === true ? (b: Buffer) => Buffer.from(b) : (b: Buffer) => b;
   // With reuse, records are joined in this one buffer (the consumer is done with the previous).
   let joinBuffer: Buffer | undefined;
-  const header: { from?: string; to?: string; size?: number } = {};
+  const header: RbdDiffHeader = {};
   let checked = false;
   const check = () => {
     if (checked) return;
     checked = true;
-    if (header.from !== req.fromSnap) {
-      throw new DataCorruptError(`${what}: the stream is ${header.from === undefined ? 'a full export' : `relative to snapshot ${header.from}`}, expected ${req.fromSnap === undefined ? 'a full export' : `snapshot ${req.fromSnap}`}`);
-    }
-    if (header.to !== req.snap) throw new DataCorruptError(`${what}: the stream ends at snapshot ${header.to ?? '(none)'}, expected ${req.snap}`);
-    if (header.size !== req.size) throw new DataCorruptError(`${what}: the stream says the image has ${header.size ?? 'no'} bytes, the snapshot has ${req.size}`);
+    checkDiffHeader(header, { ...(req.fromSnap !== undefined ? { fromSnap: req.fromSnap } : {}), toSnap: req.snap, size: req.size }, what);
   };
   let acc: Buffer | undefined;
   let accOffset = 0;
@@ -111,11 +110,11 @@ export async function* diffExtents(
     switch (item.type) {
       case 'from':
         if (checked) throw new DataCorruptError(`${what}: from-snapshot record after the data`);
-        header.from = item.name;
+        header.fromSnap = item.name;
         break;
       case 'to':
         if (checked) throw new DataCorruptError(`${what}: to-snapshot record after the data`);
-        header.to = item.name;
+        header.toSnap = item.name;
         break;
       case 'size':
         if (checked) throw new DataCorruptError(`${what}: size record after the data`);
@@ -189,7 +188,7 @@ function idleWatch(proc: StreamingExec, ms: number, what: string): { source: Asy
     const silent = Date.now() - lastChunk;
     if (silent < ms) return wait(ms - silent);
     timer = undefined;
-    state.fired = new UnavailableError(`${what} sent no data for ${Math.round(ms / 1000)} s and was stopped`, { hint: 'check the cluster (ceph -s): rbd waits for ever on inactive placement groups' });
+    state.fired = new UnavailableError(`${what} sent no data for ${Math.round(ms / 1000)} s and was stopped`, { hint: IDLE_HINT });
     proc.kill();
   };
   const state = {

@@ -13,6 +13,7 @@ import { CommandFailedError } from '../../src/transport/command.js';
 import { Semaphore } from '../../src/transport/semaphore.js';
 import { loggedExec, type CommandExec, type StreamingExec } from './exec.js';
 import type { Logger } from '../../src/log.js';
+import type { ToolRun } from '../../src/repository/tool-diff.js';
 import { parseChildren, parseImageInfo, parseListing, parseSnapList, type RbdChild, type RbdImageInfo, type RbdListing, type RbdSnapshot } from './rbd-json.js';
 
 /** Metadata operations (info, snap ls/create/rm): generous, but never for ever. */
@@ -86,6 +87,8 @@ export class Rbd {
     readonly access: ClusterAccess,
     private readonly cleanupFiles: () => Promise<void>,
     private readonly timeoutMs: number,
+    /** rbd runs on this machine, so it can write the repository's files itself (tool-diff.ts). */
+    readonly local: boolean,
   ) {}
 
   /**
@@ -116,7 +119,7 @@ export class Rbd {
         setPaths(access, dir, inline);
       }
     }
-    return new Rbd(exec, access, cleanupFiles, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    return new Rbd(exec, access, cleanupFiles, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, opts.remote !== true);
   }
 
   async dispose(): Promise<void> {
@@ -153,6 +156,17 @@ export class Rbd {
       opts.signal,
     );
     return r.stdout;
+  }
+
+  /**
+   * Runs `rbd <args>` without a timeout until it exits or is killed: a command that writes a
+   * file itself (`export-diff … <file>`), whose progress the caller watches.
+   */
+  start(args: readonly string[], signal?: AbortSignal): ToolRun {
+    const stop = new AbortController();
+    const done = this.exec.run(this.argv(args), { signal: signal ? AbortSignal.any([signal, stop.signal]) : stop.signal }).then(() => undefined);
+    done.catch(() => {});
+    return { done, kill: () => stop.abort() };
   }
 
   stream(args: readonly string[], signal?: AbortSignal): Promise<StreamingExec> {

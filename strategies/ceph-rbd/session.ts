@@ -21,7 +21,9 @@ import type { Extent } from '../../src/repository/extents.js';
 import { newPointId } from '../../src/repository/ids.js';
 import type { BackupSession, BackupTarget, ConsistencyReport, DiskPlan, MetadataFile, PreviousPoint, StrategyContext, TargetDisk } from '../../src/strategy/contract.js';
 import type { CommandExec, StreamingExec } from './exec.js';
-import { readExportDiff, startExportDiff } from './export-diff.js';
+import { exportDiffArgs, IDLE_HINT, readExportDiff, startExportDiff } from './export-diff.js';
+import { MAX_RECORD_BYTES } from '../../src/repository/disk-writers.js';
+import type { ToolDiff } from '../../src/repository/tool-diff.js';
 import { runHooks, HookFailedError, type HookResult } from './hooks.js';
 import type { Rbd } from './rbd.js';
 import type { RbdImageInfo, RbdSnapshot } from './rbd-json.js';
@@ -77,6 +79,8 @@ export class CephRbdSession implements BackupSession {
   private pointId: string | undefined;
   private hookResults: HookResult[] = [];
   private early: EarlyRead | undefined;
+  /** The listing of the new snapshots (recordSnapshots), started by snapshot(). */
+  private recorded: Promise<void> | undefined;
 
   constructor(
     private readonly target: BackupTarget,
@@ -154,10 +158,50 @@ export class CephRbdSession implements BackupSession {
     }
     if (snapError) throw snapError;
     await this.fault('snapshot:after');
-    // The first disk's data starts flowing (into the read-ahead) while the snapshots are listed.
-    this.startFirstRead();
-    await this.recordSnapshots();
+    // The new snapshots are listed (their ids go into the anchors) while the first disk's data
+    // starts flowing: rbd writes it into the repository itself (toolDiff), or into the read-ahead.
+    this.recorded = this.recordSnapshots();
+    this.recorded.catch(() => {});
+    const first = this.disks[0];
+    if (!(first && this.allIncremental() && this.byTool(first))) {
+      this.startFirstRead();
+      await this.recorded;
+    }
     return this.consistency(quiesce, spreadMs);
+  }
+
+  private allIncremental(): boolean {
+    return this.disks.every((x) => x.decision.level === 'incremental');
+  }
+
+  /**
+   * Whether rbd can write this disk's incremental into the repository itself: rbd runs on this
+   * machine (it writes the file), and no record can exceed the repository's limit (export-diff's
+   * records stay within one object).
+   */
+  private byTool(d: DiskState): boolean {
+    return this.rbd.local && d.decision.level === 'incremental' && d.info.objectSize <= MAX_RECORD_BYTES;
+  }
+
+  toolDiff(plan: DiskPlan): ToolDiff | undefined {
+    const d = this.state(plan.key);
+    if (plan.level !== 'incremental' || d.decision.level !== 'incremental' || !this.byTool(d) || !d.snapName) return undefined;
+    const req = { pool: d.disk.pool, image: d.disk.image, snap: d.snapName, fromSnap: d.decision.from.name };
+    const signal = this.ctx.signal;
+    return {
+      what: `rbd export-diff --from-snap ${req.fromSnap} ${req.pool}/${req.image}@${req.snap}`,
+      header: { fromSnap: req.fromSnap, toSnap: req.snap, size: plan.size },
+      start: async (path) => {
+        await this.fault(`read:${plan.key}`);
+        const run = this.rbd.start(exportDiffArgs(req, path), signal);
+        // The disk is done only once the snapshots are listed too (the anchor needs the id).
+        const recorded = this.recorded ?? Promise.reject(new UsageError(`toolDiff(${plan.key}) before snapshot()`));
+        const done = Promise.all([run.done, recorded]).then(() => undefined);
+        done.catch(() => {});
+        return { done, kill: run.kill };
+      },
+      idleHint: IDLE_HINT,
+    };
   }
 
   /**
@@ -168,7 +212,7 @@ export class CephRbdSession implements BackupSession {
   private startFirstRead(): void {
     const d = this.disks[0];
     if (!d?.snapName) return;
-    const fromSnap = this.disks.every((x) => x.decision.level === 'incremental') && d.decision.level === 'incremental' ? d.decision.from.name : undefined;
+    const fromSnap = this.allIncremental() && d.decision.level === 'incremental' ? d.decision.from.name : undefined;
     const proc = startExportDiff(this.rbd, { pool: d.disk.pool, image: d.disk.image, snap: d.snapName, ...(fromSnap ? { fromSnap } : {}), signal: this.ctx.signal });
     // Failures surface when read() awaits it; one that nobody awaits must not crash the process.
     proc.catch(() => {});
@@ -241,12 +285,14 @@ export class CephRbdSession implements BackupSession {
 
   read(plan: DiskPlan): AsyncIterable<Extent> {
     const d = this.state(plan.key);
-    if (!d.snap || !d.snapName) throw new UsageError(`read(${plan.key}) before snapshot()`);
-    if (plan.size !== d.snap.size) throw new UsageError(`disk ${plan.key}: planned size ${plan.size} is not the snapshot's ${d.snap.size}`);
+    if (!this.recorded || !d.snapName) throw new UsageError(`read(${plan.key}) before snapshot()`);
     const fromSnap = plan.level === 'incremental' ? (d.decision.level === 'incremental' ? d.decision.from.name : undefined) : undefined;
     if (plan.level === 'incremental' && fromSnap === undefined) throw new UsageError(`disk ${plan.key}: an incremental was planned without a base snapshot`);
     const self = this;
+    const recorded = this.recorded;
     return (async function* () {
+      await recorded;
+      if (plan.size !== d.snap!.size) throw new UsageError(`disk ${plan.key}: planned size ${plan.size} is not the snapshot's ${d.snap!.size}`);
       const early = self.takeEarlyRead(plan.key, fromSnap);
       try {
         await self.fault(`read:${plan.key}`);
@@ -277,6 +323,7 @@ export class CephRbdSession implements BackupSession {
   }
 
   async metadata(): Promise<MetadataFile[]> {
+    await this.recorded;
     const disks = this.disks.map((d) => ({
       key: d.disk.key,
       pool: d.disk.pool,
