@@ -55,6 +55,8 @@ export const DEFAULT_READ_AHEAD = 4 << 20;
 export interface CommandExec {
   /** For messages: "the backup node", "hypervisor hv1". */
   readonly where: string;
+  /** The commands run on this machine: they can write files vprotect then reads. */
+  readonly local?: boolean;
   run(argv: readonly string[], opts?: ExecOptions): Promise<{ stdout: string; stderr: string }>;
   stream(argv: readonly string[], opts?: StreamOptions): Promise<StreamingExec>;
 }
@@ -68,6 +70,7 @@ export function loggedExec(exec: CommandExec, log: Logger): CommandExec {
   const fields = (argv: readonly string[], started: number, extra: Record<string, unknown> = {}) => ({ where: exec.where, command: describeArgv(argv), ms: Date.now() - started, ...extra });
   return {
     where: exec.where,
+    ...(exec.local ? { local: true } : {}),
     async run(argv, opts) {
       const started = Date.now();
       try {
@@ -96,6 +99,7 @@ export function loggedExec(exec: CommandExec, log: Logger): CommandExec {
 export function localExec(): CommandExec {
   return {
     where: 'the backup node',
+    local: true,
     async run(argv, opts = {}) {
       if (!opts.input) {
         const r = await runCommand(argv, { ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}), ...(opts.signal ? { signal: opts.signal } : {}) });

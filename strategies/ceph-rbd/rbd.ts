@@ -87,9 +87,12 @@ export class Rbd {
     readonly access: ClusterAccess,
     private readonly cleanupFiles: () => Promise<void>,
     private readonly timeoutMs: number,
-    /** rbd runs on this machine, so it can write the repository's files itself (tool-diff.ts). */
-    readonly local: boolean,
   ) {}
+
+  /** rbd runs on this machine, so it can write the repository's files itself (tool-diff.ts). */
+  get local(): boolean {
+    return this.exec.local === true;
+  }
 
   /**
    * Binds a cluster to where rbd runs. Inline conf/keyring from the inventory are written to a
@@ -119,7 +122,7 @@ export class Rbd {
         setPaths(access, dir, inline);
       }
     }
-    return new Rbd(exec, access, cleanupFiles, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, opts.remote !== true);
+    return new Rbd(exec, access, cleanupFiles, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   }
 
   async dispose(): Promise<void> {

@@ -4,6 +4,7 @@
  * is still there, at most one stale snapshot exists, and the next run succeeds — incrementally —
  * leaving exactly one vprotect snapshot, the anchor of its point, which restores bit-identical.
  */
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupVm } from '../../../src/engine/backup-vm.js';
@@ -169,6 +170,41 @@ describe('ceph-rbd: killed at each step, the next run succeeds', () => {
     expect((await repo.lastCompletePoint(VM))!.pointId).toBe(before!.pointId);
     // The failed run removed its own snapshot (abort), so only the anchor is there.
     expect(await img.vprotectSnapshots()).toEqual([await expectAnchorPresent()]);
+    const next = await backupVm({ repo, strategy, target: img.target(VM), level: 'auto', ctx: contextFor(ceph), command: 'test' });
+    expect(next.level).toBe('incremental');
+    expect(await restoredSha(repo, next.pointId, 'vda', dir.path)).toBe(await img.exportSha(`vprotect-${next.pointId}`));
+  });
+
+  it('rbd killed while it writes the incremental into the point: its error, no point, nothing left, and the next run is exact', async () => {
+    await img.io('write -P 0x7c 0 8M');
+    const real = localExec();
+    // rbd runs here, so it writes the diff into the point itself (tool-diff.ts). Killed after
+    // 1 MiB, as by the OOM killer: the real rbd writes beside the file, then a shell puts the
+    // first MiB of it in place and dies by SIGKILL (racing a kill against rbd is not
+    // deterministic: it writes 8 MiB in a few ms).
+    let cut = false;
+    const killing: CommandExec = {
+      where: real.where,
+      local: true,
+      stream: (argv, o) => real.stream(argv, o),
+      async run(argv, o) {
+        if (!argv.includes('export-diff')) return real.run(argv, o);
+        const file = argv.at(-1)!;
+        await real.run([...argv.slice(0, -1), `${file}.whole`], o);
+        cut = true;
+        return real.run(['sh', '-c', 'head -c 1048576 "$1" > "$2"; kill -KILL $$', 'sh', `${file}.whole`, file], o);
+      },
+    };
+    const before = await repo.lastCompletePoint(VM);
+    await expect(backupVm({ repo, strategy: createCephRbdStrategy({ exec: killing }), target: img.target(VM), level: 'auto', ctx: contextFor(ceph), command: 'test' })).rejects.toThrow(
+      /was killed by SIGKILL/,
+    );
+    expect(cut).toBe(true);
+    expect((await repo.lastCompletePoint(VM))!.pointId).toBe(before!.pointId);
+    expect(await img.vprotectSnapshots()).toEqual([await expectAnchorPresent()]);
+    // No point directory of the failed run, no partial file anywhere.
+    const partials = spawnSync('find', [repo.root, '-name', '*.partial'], { encoding: 'utf8' }).stdout.trim();
+    expect(partials).toBe('');
     const next = await backupVm({ repo, strategy, target: img.target(VM), level: 'auto', ctx: contextFor(ceph), command: 'test' });
     expect(next.level).toBe('incremental');
     expect(await restoredSha(repo, next.pointId, 'vda', dir.path)).toBe(await img.exportSha(`vprotect-${next.pointId}`));
