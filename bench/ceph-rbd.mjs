@@ -14,7 +14,7 @@
  * data file (like the baseline's whole command: rbd's start-up included), and from the first
  * extent request (rbd has been running since the snapshot step: its start-up is left out).
  *
- *   npm run build && node bench/ceph-rbd.mjs [--runs 1] [--pool volumes]
+ *   npm run build && node bench/ceph-rbd.mjs [--runs 4] [--inc-pairs 3] [--pool volumes]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -91,6 +91,7 @@ if (args[0] === '--child') {
 const ceph = labCeph();
 const pool = opt('pool', 'volumes');
 const runs = Number(opt('runs', '4'));
+const incPairs = Number(opt('inc-pairs', '3'));
 let coldReads = false;
 const rbdArgs = ['--id', ceph.user, '--conf', ceph.conf, '--keyring', ceph.keyring];
 const rbd = (...a) => execFileSync('rbd', [...rbdArgs, ...a], { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * MiB }).toString();
@@ -183,27 +184,36 @@ try {
     // bench-s1 stays as the baseline's base: vprotect's own snapshot of the full is rotated away
     // by the incremental (same content: nothing was written between the two).
 
-    // ---- 256 MiB of 1 MiB writes, scattered (qemu-io on rbd:)
-    const cmds = [];
-    for (let i = 0; i < 256; i++) cmds.push('-c', `write -P 0x${(0x10 + (i % 200)).toString(16)} ${((i * 7919) % 2048) * MiB} 1M`);
-    execFileSync('qemu-io', ['-f', 'raw', `rbd:${pool}/${src}:id=${ceph.user}:conf=${ceph.conf}:keyring=${ceph.keyring}`, ...cmds], { stdio: 'ignore' });
-    // Baseline on a user snapshot of the same content (the vprotect run takes its own right after).
-    rbd('snap', 'create', `${pool}/${src}@bench-s2`);
-    const diffFile = join(work, 'inc.diff');
-    const incBaseline = () => {
-      coldReads = dropOsdCaches();
-      results.incBase.push(withFsync(timedRbd('export-diff', '--no-progress', '--from-snap', 'bench-s1', `${pool}/${src}@bench-s2`, diffFile), [diffFile]));
-      stored.incDiffFile = statSync(diffFile).size;
-      rmSync(diffFile);
-    };
-    if (baselineFirst) incBaseline();
-    const inc = child('backup', repo, pool, src);
-    if (inc.level !== 'incremental') throw new Error('the second backup was not an incremental');
-    results.inc.push(inc);
-    if (!baselineFirst) incBaseline();
-    stored.inc = inc.storedBytes;
-    rbd('snap', 'rm', '--no-progress', `${pool}/${src}@bench-s2`);
-    rbd('snap', 'rm', '--no-progress', `${pool}/${src}@bench-s1`);
+    // ---- incrementals: each after 256 MiB of 1 MiB writes, scattered (qemu-io on rbd:). Several
+    // per run (--inc-pairs): a single pair varies by ±25 % here, so one pair per run said little.
+    const incs = [];
+    let base = 'bench-s1';
+    for (let k = 0; k < incPairs; k++) {
+      const cmds = [];
+      for (let i = 0; i < 256; i++) cmds.push('-c', `write -P 0x${(0x10 + ((i + k) % 200)).toString(16)} ${((i * 7919 + k * 613) % 2048) * MiB} 1M`);
+      execFileSync('qemu-io', ['-f', 'raw', `rbd:${pool}/${src}:id=${ceph.user}:conf=${ceph.conf}:keyring=${ceph.keyring}`, ...cmds], { stdio: 'ignore' });
+      // Baseline on a user snapshot of the same content (the vprotect run takes its own right after).
+      const next = `bench-s${k + 2}`;
+      rbd('snap', 'create', `${pool}/${src}@${next}`);
+      const diffFile = join(work, 'inc.diff');
+      const incBaseline = () => {
+        coldReads = dropOsdCaches();
+        results.incBase.push(withFsync(timedRbd('export-diff', '--no-progress', '--from-snap', base, `${pool}/${src}@${next}`, diffFile), [diffFile]));
+        stored.incDiffFile = statSync(diffFile).size;
+        rmSync(diffFile);
+      };
+      const firstOfPair = (run + k) % 2 === 1;
+      if (firstOfPair) incBaseline();
+      const inc = child('backup', repo, pool, src);
+      if (inc.level !== 'incremental') throw new Error('the backup after the full was not an incremental');
+      results.inc.push(inc);
+      incs.push(inc);
+      if (!firstOfPair) incBaseline();
+      stored.inc = inc.storedBytes;
+      rbd('snap', 'rm', '--no-progress', `${pool}/${src}@${base}`);
+      base = next;
+    }
+    rbd('snap', 'rm', '--no-progress', `${pool}/${src}@${base}`);
 
     // ---- restore: vprotect (one import-diff stream) vs stock import + snap create + import-diff
     const mine = `vpb-restore-${tag}-${run}`;
@@ -215,8 +225,9 @@ try {
     const t0 = process.hrtime.bigint();
     const a = timedRbd('import', '--no-progress', join(fullPoint, 'disks/vda.raw'), `${pool}/${stock}`);
     rbd('snap', 'create', `${pool}/${stock}@${full.pointId}`);
-    const b = timedRbd('import-diff', '--no-progress', join(readdirPoint(repo, inc.pointId), 'disks/vda.rbdiff'), `${pool}/${stock}`);
-    results.restoreBase.push({ seconds: Number(process.hrtime.bigint() - t0) / 1e9, maxRssKiB: Math.max(a.maxRssKiB, b.maxRssKiB) });
+    let maxRssKiB = a.maxRssKiB;
+    for (const inc of incs) maxRssKiB = Math.max(maxRssKiB, timedRbd('import-diff', '--no-progress', join(readdirPoint(repo, inc.pointId), 'disks/vda.rbdiff'), `${pool}/${stock}`).maxRssKiB);
+    results.restoreBase.push({ seconds: Number(process.hrtime.bigint() - t0) / 1e9, maxRssKiB });
     // Bytes are compared by the tests (test/integration/ceph-rbd); here only time and memory.
     removeImage(mine);
     removeImage(stock);
@@ -229,7 +240,8 @@ try {
   // Ratios of the same run (baseline and vprotect read the same snapshot minutes apart): the
   // machine's load moves both, so per-run ratios vary less than ratios of medians.
   const perRun = (mine, f, base, baseField = 'seconds') => results[mine].map((r, i) => results[base][i][baseField] / r[f]);
-  const fmtRuns = (xs) => `${xs.map((x) => x.toFixed(2)).join(', ')}; median ${median(xs).toFixed(2)}×`;
+  const geomean = (xs) => Math.exp(xs.reduce((a, x) => a + Math.log(x), 0) / xs.length);
+  const fmtRuns = (xs) => `${xs.map((x) => x.toFixed(2)).join(', ')}; median ${median(xs).toFixed(2)}×, geometric mean ${geomean(xs).toFixed(2)}×`;
   const dataFull = 1024 * MiB;
   const dataInc = stored.incDiffFile;
   const rows = [
@@ -241,9 +253,9 @@ try {
     ['  same, baseline fsync\'d', m('inc', 'exportSeconds'), m('incBase', 'durableSeconds'), 'rbd export-diff → file + sync FILE', dataInc],
     ['incremental, data phase', m('inc', 'dataSeconds'), m('incBase'), 'rbd export-diff --from-snap → file', dataInc],
     ['incremental, whole run', m('inc'), m('incBase'), 'rbd export-diff --from-snap → file', dataInc],
-    ['restore (full + inc) to new image', m('restore'), m('restoreBase'), 'rbd import + snap create + import-diff', dataFull + dataInc],
+    [`restore (full + ${incPairs} inc) to new image`, m('restore'), m('restoreBase'), 'rbd import + snap create + import-diff ×n', dataFull + incPairs * dataInc],
   ];
-  process.stdout.write(`\nceph-rbd on ${pool}, 2 GiB image / 1 GiB data, incremental 256 × 1 MiB; median of ${runs} run(s); load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`);
+  process.stdout.write(`\nceph-rbd on ${pool}, 2 GiB image / 1 GiB data, incremental 256 × 1 MiB; median of ${runs} run(s), ${incPairs} incremental pair(s) each; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}\n`);
   process.stdout.write(coldReads ? 'every measured step starts with the OSD caches dropped (ceph tell osd.* cache drop)\n' : 'no admin key: OSD caches were not dropped, so the order of each pair alternates (an odd number of runs favours one side)\n');
   process.stdout.write('(whole run = plan + snapshot + data + manifest + rotation: an incremental runs 4 rbd commands one after the other, a first full 3)\n');
   for (const [what, mine, base, baseWhat, bytes] of rows) {

@@ -111,7 +111,7 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
       const spec = { key: plan.key, size: plan.size, sourceFormat: plan.sourceFormat };
       const tool = pointLevel === 'incremental' ? session.toolDiff?.(plan) : undefined;
       let stats: DiskStats;
-      if (tool) {
+      if (tool && writer.takesToolDiff(spec, tool)) {
         const progress = progressOf(report);
         stats = await writer.writeDiskFromTool(spec, tool, (end) => progress.at(end));
         progress.end();

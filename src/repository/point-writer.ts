@@ -13,7 +13,7 @@ import type { Extent } from './extents.js';
 import { SAFE_NAME_RE } from './ids.js';
 import { diskFiles, layout, MANIFEST, SUMS } from './layout.js';
 import type { VmLock } from './lock.js';
-import { writeToolDiffDisk, type ToolDiff } from './tool-diff.js';
+import { repositoryPreamble, writeToolDiffDisk, type ToolDiff } from './tool-diff.js';
 import { sealManifest, toJson, type DiskEntry, type PointLevel, type PointManifest } from './manifest.js';
 import type { PointInfo, Repository } from './repository.js';
 import { formatSums, type SumEntry } from './sums.js';
@@ -109,6 +109,11 @@ export class PointWriter {
         ? await writeFullDisk({ ...common, blockSize: this.repo.blockSize }, extents)
         : await writeDiffDisk({ ...common, fromSnap: this.parentId!, toSnap: this.pointId }, extents);
     return entry.written.stats;
+  }
+
+  /** Whether writeDiskFromTool can store this tool's diff (its preamble fits ours, see tool-diff.ts). */
+  takesToolDiff(spec: DiskSpec, tool: ToolDiff): boolean {
+    return this.level === 'incremental' && repositoryPreamble({ fromSnap: this.parentId!, toSnap: this.pointId, size: spec.size }, tool) !== undefined;
   }
 
   /** Writes one disk of an incremental point as the source's tool writes it (tool-diff.ts). */

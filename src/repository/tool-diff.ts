@@ -13,13 +13,14 @@
 import { createHash, type Hash } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { DataCorruptError, throwIfAborted, UnavailableError, UsageError, VprotectError } from '../errors.js';
+import { DataCorruptError, InterruptedError, throwIfAborted, UnavailableError, UsageError, VprotectError } from '../errors.js';
 import { MAX_RECORD_BYTES, type DiskStats, type StepHook, type WrittenDisk } from './disk-writers.js';
 import { fsyncDir, PARTIAL_SUFFIX } from './durable.js';
 import { formatIndexLine, INDEX_HEADER } from './diff-index.js';
 import { HashedFile, LineBuffer } from './hashed-file.js';
+import { delay } from '../util/delay.js';
 import { diskFiles } from './layout.js';
-import { checkDiffHeader, encodePaddedPreamble, encodePreamble, parseRbdDiff, type RbdDiffHeader } from './rbd-diff.js';
+import { checkDiffHeader, encodePaddedPreamble, encodePreamble, parseRbdDiff, RECORD_HEADER_BYTES, type RbdDiffHeader } from './rbd-diff.js';
 
 /** A source tool that writes one disk's incremental as an rbd diff v1 stream into a file. */
 export interface ToolDiff {
@@ -60,53 +61,72 @@ const SYNC_EVERY_BYTES = 32 << 20;
 /** Longest pause between looks at a file that is not growing. */
 const MAX_POLL_MS = 16;
 
+/**
+ * The preamble with the repository's names that replaces the tool's in place (so it must be
+ * exactly as long), or undefined when none fits: then the disk goes the extents way.
+ */
+export function repositoryPreamble(names: { fromSnap: string; toSnap: string; size: number }, tool: Pick<ToolDiff, 'header'>): Buffer | undefined {
+  return encodePaddedPreamble(names, encodePreamble(tool.header).length);
+}
+
 export async function writeToolDiffDisk(opts: ToolDiffOptions, tool: ToolDiff): Promise<WrittenDisk> {
   const { pointDir, key, size } = opts;
   const diffPath = diskFiles.diff(key);
   const indexPath = diskFiles.index(key);
   const final = join(pointDir, diffPath);
   const partial = final + PARTIAL_SUFFIX;
-  // The tool's preamble is rewritten in place, so ours must fit it exactly (before any data moves).
   const toolPreamble = encodePreamble(tool.header).length;
-  const preamble = encodePaddedPreamble({ fromSnap: opts.fromSnap, toSnap: opts.toSnap, size }, toolPreamble);
+  const preamble = repositoryPreamble(opts, tool);
   if (!preamble) throw new UsageError(`disk ${key}: the names ${opts.fromSnap}/${opts.toSnap} do not fit the preamble of ${tool.what}`);
   if (tool.header.size !== size) throw new UsageError(`disk ${key}: the tool is asked for ${tool.header.size} bytes, the disk has ${size}`);
   await unlink(partial).catch(() => {});
   throwIfAborted(opts.signal);
 
   const run = await tool.start(partial);
+  const watch = new RunWatch(run, tool);
   let index: HashedFile | undefined;
   let file: FileHandle | undefined;
   try {
     index = await HashedFile.create(join(pointDir, indexPath), 1 << 20);
     const lines = new LineBuffer(index);
     await lines.add(`${INDEX_HEADER}\n`);
-    file = await waitForFile(partial, run, opts.signal);
-    const follower = new Follower(file, run, tool, opts.signal);
+    file = await waitForFile(partial, watch, opts.signal);
+    const follower = new Follower(file, watch, opts.signal);
     const stats: DiskStats = { changedBytes: 0, dataBytes: 0, zeroBytes: 0, storedBytes: 0, records: 0 };
     const header: RbdDiffHeader = {};
-    let headerChecked = false;
-    const checkHeader = (fileOffset: number) => {
-      if (headerChecked) return;
-      headerChecked = true;
-      checkDiffHeader(header, tool.header, tool.what);
-      if (fileOffset !== toolPreamble) throw new DataCorruptError(`${tool.what}: the records start at byte ${fileOffset}, expected ${toolPreamble} (f, t and s records once each)`);
+    // Where the next record must start: records follow each other exactly, as the index says
+    // (a record the index would skip — a second preamble record, an empty w — is refused here).
+    let next: number | undefined;
+    const record = (fileOffset: number, end: number) => {
+      if (next === undefined) {
+        checkDiffHeader(header, tool.header, tool.what);
+        next = toolPreamble;
+      }
+      if (fileOffset !== next) throw new DataCorruptError(`${tool.what}: a record at byte ${fileOffset}, expected one at byte ${next} (the preamble once, then w and z records of at least one byte)`);
+      next = end;
+    };
+    const preambleItem = () => {
+      if (next !== undefined) throw new DataCorruptError(`${tool.what}: a from, to or size record after the data`);
     };
     let hash: Hash | undefined;
     let left = 0;
     for await (const item of parseRbdDiff(follower.chunks(), { what: tool.what, ordered: true })) {
       switch (item.type) {
         case 'from':
+          preambleItem();
           header.fromSnap = item.name;
           break;
         case 'to':
+          preambleItem();
           header.toSnap = item.name;
           break;
         case 'size':
+          preambleItem();
           header.size = item.size;
           break;
         case 'zero': {
-          checkHeader(item.record.fileOffset);
+          record(item.record.fileOffset, item.record.fileOffset + RECORD_HEADER_BYTES);
+          if (item.length === 0) throw new DataCorruptError(`${tool.what}: an empty z record at byte ${item.record.fileOffset}`);
           await lines.add(formatIndexLine({ kind: 'z', offset: item.offset, length: item.length, fileOffset: item.record.fileOffset }));
           stats.changedBytes += item.length;
           stats.zeroBytes += item.length;
@@ -117,7 +137,7 @@ export async function writeToolDiffDisk(opts: ToolDiffOptions, tool: ToolDiff): 
         case 'data': {
           const rec = item.record;
           if (item.offset === rec.offset) {
-            checkHeader(rec.fileOffset);
+            record(rec.fileOffset, rec.fileOffset + RECORD_HEADER_BYTES + rec.length);
             // Readers check a record against its sha256 before using it, so a record is held whole.
             if (rec.length > MAX_RECORD_BYTES) throw new VprotectError(`${tool.what}: a record of ${rec.length} bytes at byte ${rec.fileOffset} is longer than the repository's ${MAX_RECORD_BYTES}`);
             hash = createHash('sha256');
@@ -135,7 +155,7 @@ export async function writeToolDiffDisk(opts: ToolDiffOptions, tool: ToolDiff): 
           break;
         }
         case 'end':
-          checkHeader(item.fileOffset);
+          record(item.fileOffset, item.fileOffset + 1);
           stats.storedBytes = item.fileOffset + 1;
           break;
       }
@@ -155,57 +175,39 @@ export async function writeToolDiffDisk(opts: ToolDiffOptions, tool: ToolDiff): 
     await opts.onStep?.(`index:${key}`);
     return { stats, file: diffPath, index: indexPath, blockMap: null, blockMapSha256: null, sums: [{ path: indexPath, sha256: indexSha }] };
   } catch (err) {
+    const exitedOnItsOwn = watch.exited;
     run.kill();
     // The tool may still hold the file open; it is stopped and the file is garbage either way.
-    await run.done.catch(() => {});
+    const toolError = await run.done.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     await file?.close().catch(() => {});
     await unlink(partial).catch(() => {});
     await index?.discard();
+    // A stream cut short or off the mark usually has a reason the tool (or its caller) knows
+    // better: its own failure, or why the source changed under it.
+    if (err instanceof DataCorruptError && toolError instanceof VprotectError && !(toolError instanceof InterruptedError && !exitedOnItsOwn)) throw toolError;
     throw err;
   }
 }
 
-/** The tool creates the file when it starts writing: wait for it, or for the tool to fail. */
-async function waitForFile(path: string, run: ToolRun, signal: AbortSignal | undefined): Promise<FileHandle> {
-  let exited = false;
-  let failure: unknown;
-  run.done.then(
-    () => (exited = true),
-    (err: unknown) => {
-      exited = true;
-      failure = err;
-    },
-  );
-  for (let wait = 1; ; wait = Math.min(wait * 2, MAX_POLL_MS)) {
-    throwIfAborted(signal);
-    const exitedBefore = exited;
-    try {
-      // r+: the same handle reads, fdatasyncs and rewrites the preamble.
-      return await open(path, 'r+');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-    if (exitedBefore) {
-      if (failure) throw failure;
-      throw new DataCorruptError(`the tool exited without writing ${path}`);
-    }
-    await Promise.race([run.done.catch(() => {}), sleep(wait)]);
-  }
-}
-
-/** Reads the file as the tool writes it, until the tool has exited and the file has no more. */
-class Follower {
-  private exited = false;
-  private failure: unknown;
-  private syncedTo = 0;
-  private syncing: Promise<void> | undefined;
+/**
+ * What the repository knows of the tool's run: whether it has exited (and how), and since when
+ * its file has not grown. The idle clock starts with the tool: rbd connects to the cluster and
+ * opens the image before it creates the file, and a hung cluster hangs it right there.
+ */
+class RunWatch {
+  exited = false;
+  failure: unknown;
+  private lastGrowth = Date.now();
+  private readonly idleMs: number;
 
   constructor(
-    private readonly file: FileHandle,
-    private readonly run: ToolRun,
+    readonly run: ToolRun,
     private readonly tool: ToolDiff,
-    private readonly signal: AbortSignal | undefined,
   ) {
+    this.idleMs = tool.idleTimeoutMs ?? 600_000;
     run.done.then(
       () => (this.exited = true),
       (err: unknown) => {
@@ -215,38 +217,76 @@ class Follower {
     );
   }
 
+  grew(): void {
+    this.lastGrowth = Date.now();
+  }
+
+  /** Waits a little for the file to grow or the tool to exit; stops a tool that went silent. */
+  async pause(ms: number): Promise<void> {
+    if (Date.now() - this.lastGrowth >= this.idleMs) {
+      this.run.kill();
+      throw new UnavailableError(`${this.tool.what} wrote nothing for ${Math.round(this.idleMs / 1000)} s and was stopped`, this.tool.idleHint ? { hint: this.tool.idleHint } : {});
+    }
+    await Promise.race([this.run.done.catch(() => {}), delay(ms)]);
+  }
+}
+
+/** The tool creates the file when it starts writing: wait for it, or for the tool to fail. */
+async function waitForFile(path: string, watch: RunWatch, signal: AbortSignal | undefined): Promise<FileHandle> {
+  for (let wait = 1; ; wait = Math.min(wait * 2, MAX_POLL_MS)) {
+    throwIfAborted(signal);
+    const exitedBefore = watch.exited;
+    try {
+      // r+: the same handle reads, fdatasyncs and rewrites the preamble.
+      return await open(path, 'r+');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    if (exitedBefore) {
+      if (watch.failure) throw watch.failure;
+      throw new DataCorruptError(`the tool exited without writing ${path}`);
+    }
+    await watch.pause(wait);
+  }
+}
+
+/** Reads the file as the tool writes it, until the tool has exited and the file has no more. */
+class Follower {
+  private syncedTo = 0;
+  private syncing: Promise<void> | undefined;
+
+  constructor(
+    private readonly file: FileHandle,
+    private readonly watch: RunWatch,
+    private readonly signal: AbortSignal | undefined,
+  ) {}
+
   /**
    * The file's bytes in order. One buffer is reused: the parser is done with a chunk (and its
    * consumer with the items of it) before it asks for the next.
    */
   async *chunks(): AsyncGenerator<Buffer> {
     const buf = Buffer.allocUnsafeSlow(READ_BYTES);
-    const idleMs = this.tool.idleTimeoutMs ?? 600_000;
     let pos = 0;
-    let lastGrowth = Date.now();
     let wait = 1;
     for (;;) {
       throwIfAborted(this.signal);
       // Bytes written before the exit was seen are all visible to the read that follows it.
-      const exitedBefore = this.exited;
+      const exitedBefore = this.watch.exited;
       const { bytesRead } = await this.file.read(buf, 0, buf.length, pos);
       if (bytesRead > 0) {
         pos += bytesRead;
-        lastGrowth = Date.now();
+        this.watch.grew();
         wait = 1;
         this.syncBehind(pos);
         yield buf.subarray(0, bytesRead);
         continue;
       }
       if (exitedBefore) {
-        if (this.failure) throw this.failure;
+        if (this.watch.failure) throw this.watch.failure;
         return;
       }
-      if (Date.now() - lastGrowth >= idleMs) {
-        this.run.kill();
-        throw new UnavailableError(`${this.tool.what} wrote nothing for ${Math.round(idleMs / 1000)} s and was stopped`, this.tool.idleHint ? { hint: this.tool.idleHint } : {});
-      }
-      await Promise.race([this.run.done.catch(() => {}), sleep(wait)]);
+      await this.watch.pause(wait);
       wait = Math.min(wait * 2, MAX_POLL_MS);
     }
   }
@@ -269,8 +309,4 @@ class Follower {
   async synced(): Promise<void> {
     await this.syncing;
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

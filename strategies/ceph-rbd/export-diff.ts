@@ -12,6 +12,7 @@ import { DataCorruptError, UnavailableError, VprotectError } from '../../src/err
 import { MAX_RECORD_BYTES } from '../../src/repository/disk-writers.js';
 import type { Extent } from '../../src/repository/extents.js';
 import { checkDiffHeader, parseRbdDiff, type RbdDiffHeader, type RbdDiffItem } from '../../src/repository/rbd-diff.js';
+import { delay } from '../../src/util/delay.js';
 import type { StreamingExec } from './exec.js';
 import { imageSpec, type Rbd } from './rbd.js';
 
@@ -206,8 +207,4 @@ function idleWatch(proc: StreamingExec, ms: number, what: string): { source: Asy
   };
   wait(ms);
   return state;
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref?.());
 }

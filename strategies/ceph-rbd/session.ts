@@ -3,7 +3,8 @@
  *   plan     — per disk: image id, size, snapshots → full or incremental, with the reason;
  *   snapshot — pre hooks, `rbd snap create pool/image@vprotect-<point-id>` for all disks at
  *              once, post hooks; the report says which consistency that gives;
- *   read     — `rbd export-diff [--from-snap <previous>]` parsed on the fly;
+ *   read     — `rbd export-diff [--from-snap <previous>]` parsed on the fly; an incremental
+ *              with rbd on this machine is written by rbd into the point itself (toolDiff);
  *   commit   — once the point is durable: older vprotect snapshots go (rotation);
  *   abort    — the snapshots this run made go; nothing else is touched.
  *
@@ -17,13 +18,13 @@
  */
 import { errorMessage, UnavailableError, UsageError, VprotectError } from '../../src/errors.js';
 import type { BackupLevel } from '../../src/inventory/types.js';
+import { MAX_RECORD_BYTES } from '../../src/repository/disk-writers.js';
 import type { Extent } from '../../src/repository/extents.js';
+import type { ToolDiff } from '../../src/repository/tool-diff.js';
 import { newPointId } from '../../src/repository/ids.js';
 import type { BackupSession, BackupTarget, ConsistencyReport, DiskPlan, MetadataFile, PreviousPoint, StrategyContext, TargetDisk } from '../../src/strategy/contract.js';
 import type { CommandExec, StreamingExec } from './exec.js';
 import { exportDiffArgs, IDLE_HINT, readExportDiff, startExportDiff } from './export-diff.js';
-import { MAX_RECORD_BYTES } from '../../src/repository/disk-writers.js';
-import type { ToolDiff } from '../../src/repository/tool-diff.js';
 import { runHooks, HookFailedError, type HookResult } from './hooks.js';
 import type { Rbd } from './rbd.js';
 import type { RbdImageInfo, RbdSnapshot } from './rbd-json.js';
@@ -194,9 +195,16 @@ export class CephRbdSession implements BackupSession {
       start: async (path) => {
         await this.fault(`read:${plan.key}`);
         const run = this.rbd.start(exportDiffArgs(req, path), signal);
-        // The disk is done only once the snapshots are listed too (the anchor needs the id).
-        const recorded = this.recorded ?? Promise.reject(new UsageError(`toolDiff(${plan.key}) before snapshot()`));
-        const done = Promise.all([run.done, recorded]).then(() => undefined);
+        // The disk is done only once the snapshots are listed too (the anchor needs the id). A
+        // listing that fails (the snapshot is gone, the image was resized) stops rbd, and its
+        // reason is the one to tell; `done` still waits for rbd to have exited.
+        const recorded = (this.recorded ?? Promise.reject(new UsageError(`toolDiff(${plan.key}) before snapshot()`))).catch((err: unknown) => {
+          run.kill();
+          throw err;
+        });
+        const done = Promise.allSettled([recorded, run.done]).then((settled) => {
+          for (const r of settled) if (r.status === 'rejected') throw r.reason;
+        });
         done.catch(() => {});
         return { done, kill: run.kill };
       },

@@ -21,6 +21,7 @@
  */
 import { InterruptedError, UnavailableError, UsageError, errorMessage } from '../../src/errors.js';
 import type { BackupLevel } from '../../src/inventory/types.js';
+import type { ToolDiff } from '../../src/repository/tool-diff.js';
 import type { Extent } from '../../src/repository/extents.js';
 import { unifyLevels } from '../../src/engine/backup-vm.js';
 import type { BackupSession, BackupTarget, ConsistencyReport, DiskPlan, MetadataFile, PreviousPoint, StrategyContext } from '../../src/strategy/contract.js';
@@ -608,6 +609,12 @@ export class LibvirtSshSession implements BackupSession {
     if (!state) throw new UsageError(`disk ${plan.key} was not planned`);
     if (state.mode === 'rbd') return this.rbd!.read(plan);
     return this.readDisk(state, plan);
+  }
+
+  /** RBD disks: rbd writes their incremental into the point itself, where ceph-rbd can. */
+  toolDiff(plan: DiskPlan): ToolDiff | undefined {
+    const state = this.disks.find((d) => d.disk.target === plan.key);
+    return state?.mode === 'rbd' ? this.rbd!.toolDiff?.(plan) : undefined;
   }
 
   private async *readDisk(state: DiskState, plan: DiskPlan): AsyncGenerator<Extent> {

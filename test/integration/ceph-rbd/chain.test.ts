@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backupVm, type BackupVmResult } from '../../../src/engine/backup-vm.js';
+import { encodePreamble } from '../../../src/repository/rbd-diff.js';
 import { openRepository, type Repository } from '../../../src/repository/repository.js';
 import cephRbd, { restoreToRbd } from '../../../strategies/ceph-rbd/index.js';
 import { contextFor, exportSha, POOL, rbd, removeImage, requireCeph, restoredSha, ScratchImage, tempDir, type CephLab } from './fixture.js';
@@ -73,8 +74,13 @@ describe('ceph-rbd: a chain of points against the lab cluster', () => {
     expect(d.dataBytes + d.zeroBytes).toBe(d.changedBytes);
     expect(d.dataBytes).toBeGreaterThanOrEqual(64 * 1024 + 4 * MiB + 4096);
     // Nothing but rbd's records: 17 bytes of header each, plus the preamble and the end.
-    const { records } = (await repo.findPoint(r.pointId)).manifest.disks[0]!;
+    const point = await repo.findPoint(r.pointId);
+    const { records, index } = point.manifest.disks[0]!;
     expect(d.storedBytes).toBeLessThanOrEqual(d.dataBytes + 17 * records + 200);
+    // rbd wrote it: its records start where rbd's longer snapshot names put them, 18 bytes after
+    // the repository's own preamble (two repeated size records fill the difference).
+    const firstRecordAt = Number((await readFile(join(point.dir, index!), 'latin1')).split('\n')[1]!.split(' ')[3]);
+    expect(firstRecordAt).toBe(encodePreamble({ fromSnap: point.manifest.parentId!, toSnap: r.pointId, size: d.size }).length + 18);
   });
 
   it('an incremental with no change is tiny and still exact', async () => {

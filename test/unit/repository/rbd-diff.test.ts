@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { DataCorruptError } from '../../../src/errors.js';
-import { encodeRbdDiff, parseRbdDiff, rbdDiffExtents, type RbdDiffItem } from '../../../src/repository/rbd-diff.js';
+import { encodePaddedPreamble, encodePreamble, encodeRbdDiff, parseRbdDiff, RBD_DIFF_END, rbdDiffExtents, type RbdDiffItem } from '../../../src/repository/rbd-diff.js';
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
   const out: T[] = [];
@@ -71,5 +71,17 @@ describe('rbd diff v1 codec', () => {
     const b = Buffer.concat(await collect(encodeRbdDiff({ size: 100 }, [{ offset: 50, length: 10 }, { offset: 40, length: 5 }])));
     await expect(collect(parseRbdDiff(chunks(b, 8)))).rejects.toThrow(/overlaps or precedes/);
     expect(await collect(parseRbdDiff(chunks(b, 8), { ordered: false }))).toHaveLength(4);
+  });
+
+  it('pads a preamble to a given length with repeated size records, or says it cannot', async () => {
+    const h = { fromSnap: '20261125T100000Z-aaaa', toSnap: '20261125T110000Z-bbbb', size: 1 << 20 };
+    const rbds = encodePreamble({ fromSnap: `vprotect-${h.fromSnap}`, toSnap: `vprotect-${h.toSnap}`, size: h.size });
+    const padded = encodePaddedPreamble(h, rbds.length)!;
+    expect(padded.length).toBe(rbds.length);
+    const items = await collect(parseRbdDiff(chunks(Buffer.concat([padded, RBD_DIFF_END]), 7)));
+    expect(items).toEqual([{ type: 'from', name: h.fromSnap }, { type: 'to', name: h.toSnap }, ...[1, 2, 3].map(() => ({ type: 'size', size: h.size })), { type: 'end', fileOffset: rbds.length }]);
+    expect(encodePaddedPreamble(h, encodePreamble(h).length)).toEqual(encodePreamble(h));
+    expect(encodePaddedPreamble(h, rbds.length + 1)).toBeUndefined();
+    expect(encodePaddedPreamble(h, encodePreamble(h).length - 9)).toBeUndefined();
   });
 });

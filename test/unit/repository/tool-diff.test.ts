@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DataCorruptError, InterruptedError, UnavailableError, UsageError } from '../../../src/errors.js';
 import { loadDiffIndex } from '../../../src/repository/diff-index.js';
-import { encodePreamble, encodeRbdDiff, parseRbdDiff } from '../../../src/repository/rbd-diff.js';
+import { encodePreamble, encodeRbdDiff, encodeSize, encodeZero, parseRbdDiff } from '../../../src/repository/rbd-diff.js';
 import { writeToolDiffDisk, type ToolDiff, type ToolRun } from '../../../src/repository/tool-diff.js';
 
 const MiB = 1 << 20;
@@ -189,7 +189,8 @@ describe('a diff written by the source tool into the point', () => {
 
   it('does not start a tool whose snapshot names the repository\'s cannot replace in place', async () => {
     const bytes = await stream();
-    const tool = { ...fakeTool(bytes), header: { fromSnap: 'a', toSnap: 'b', size: SIZE } };
+    const tool = fakeTool(bytes);
+    tool.header = { fromSnap: 'a', toSnap: 'b', size: SIZE };
     const err = await write(tool).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(UsageError);
     expect(tool.starts).toBe(0);
@@ -205,5 +206,73 @@ describe('a diff written by the source tool into the point', () => {
     const tool: ToolDiff = { what: 'silent tool', header: { fromSnap: FROM, toSnap: TO, size: SIZE }, start: async () => ({ done: Promise.resolve(), kill() {} }) };
     await expect(write(tool)).rejects.toThrow(/exited without writing/);
     expect(existsSync(join(pointDir, 'disks', 'vda.rbdiff.idx'))).toBe(false);
+  });
+
+  it('stops a tool that never creates its file (rbd hangs before it opens the output)', async () => {
+    let killed = false;
+    let exit: () => void = () => {};
+    const tool: ToolDiff = {
+      what: 'hung tool',
+      header: { fromSnap: FROM, toSnap: TO, size: SIZE },
+      idleTimeoutMs: 200,
+      start: async () => ({
+        done: new Promise<void>((_, reject) => (exit = () => reject(new Error('killed')))),
+        kill: () => {
+          killed = true;
+          exit();
+        },
+      }),
+    };
+    const err = await write(tool).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect((err as Error).message).toMatch(/hung tool wrote nothing for 0 s and was stopped/);
+    expect(killed).toBe(true);
+    expect(leftFiles()).toEqual([]);
+  });
+
+  it('refuses records the index could not describe: a size record after the data, an empty z record', async () => {
+    const plain = await stream({ list: [{ offset: 0, length: 4096, data: randomBytes(4096) }] });
+    const withLateSize = Buffer.concat([plain.subarray(0, -1), encodeSize(SIZE), Buffer.from('e')]);
+    await expect(write(fakeTool(withLateSize))).rejects.toThrow(/a from, to or size record after the data/);
+    const withEmptyZero = Buffer.concat([plain.subarray(0, -1), encodeZero(8192, 0), Buffer.from('e')]);
+    await expect(write(fakeTool(withEmptyZero))).rejects.toThrow(/an empty z record/);
+    expect(leftFiles()).toEqual([]);
+  });
+
+  it('tells why the tool was stopped rather than what the cut stream looks like', async () => {
+    // As the ceph session does when the snapshot listing finds the image resized: the stream's
+    // size record is off, and the tool's run says why once it is stopped.
+    const bytes = await stream({ size: SIZE * 2 });
+    const inner = fakeTool(bytes, { slice: 64 * 1024, pauseMs: 20 });
+    const tool: ToolDiff = {
+      ...inner,
+      async start(path) {
+        const run = await inner.start(path);
+        const done = run.done.then(
+          () => {},
+          () => {
+            throw new UnavailableError('volumes/x was resized while the backup started');
+          },
+        );
+        done.catch(() => {});
+        return { done, kill: run.kill };
+      },
+    };
+    const err = await write(tool).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UnavailableError);
+    expect((err as Error).message).toMatch(/was resized while the backup started/);
+  });
+
+  it('the index loader takes records after repeated size records, and nothing else before them', async () => {
+    const first = encodePreamble({ fromSnap: PARENT, toSnap: POINT, size: SIZE }).length;
+    const load = (at: number) => {
+      const path = join(dir, `idx-${at}`);
+      writeFileSync(path, `# vprotect rbdiff index v1\nz 0 4096 ${at} -\n`);
+      return loadDiffIndex(path, { size: SIZE, firstFileOffset: first, diffFileSize: at + 17 + 1, what: path });
+    };
+    await expect(load(first)).resolves.toBeDefined();
+    await expect(load(first + 18)).resolves.toBeDefined();
+    await expect(load(first + 5)).rejects.toThrow(/record should start at byte/);
+    await expect(load(first - 9)).rejects.toThrow(/record should start at byte/);
   });
 });
