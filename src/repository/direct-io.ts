@@ -26,6 +26,11 @@ export class DataFile {
     private direct: FileHandle | undefined,
   ) {}
 
+  /** Only the ordinary handle: a file another process writes, which vprotect only reads back and syncs. */
+  static plain(handle: FileHandle): DataFile {
+    return new DataFile(handle, undefined);
+  }
+
   /** Adds an O_DIRECT handle of `path` to `handle` (the same file) when the filesystem has one. */
   static async open(handle: FileHandle, path: string): Promise<DataFile> {
     let direct: FileHandle | undefined;

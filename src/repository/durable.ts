@@ -47,6 +47,11 @@ export class AtomicFile {
     return new AtomicFile(path, await DataFile.open(handle, partial));
   }
 
+  /** The file `path`.partial that someone else created, opened as `handle`: committed or discarded the same way. */
+  static adopt(path: string, handle: FileHandle): AtomicFile {
+    return new AtomicFile(path, DataFile.plain(handle));
+  }
+
   get handle(): FileHandle {
     return this.data.handle;
   }

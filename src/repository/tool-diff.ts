@@ -11,11 +11,11 @@
  * never waits on a full socket. Measured in strategies/ceph-rbd/README.md.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import { DataCorruptError, InterruptedError, throwIfAborted, UnavailableError, UsageError, VprotectError } from '../errors.js';
 import { MAX_RECORD_BYTES, type DiskStats, type StepHook, type WrittenDisk } from './disk-writers.js';
-import { fsyncDir, PARTIAL_SUFFIX } from './durable.js';
+import { AtomicFile, PARTIAL_SUFFIX } from './durable.js';
 import { formatIndexLine, INDEX_HEADER } from './diff-index.js';
 import { HashedFile, LineBuffer } from './hashed-file.js';
 import { delay } from '../util/delay.js';
@@ -85,13 +85,13 @@ export async function writeToolDiffDisk(opts: ToolDiffOptions, tool: ToolDiff): 
   const run = await tool.start(partial);
   const watch = new RunWatch(run, tool);
   let index: HashedFile | undefined;
-  let file: FileHandle | undefined;
+  let file: AtomicFile | undefined;
   try {
     index = await HashedFile.create(join(pointDir, indexPath), 1 << 20);
     const lines = new LineBuffer(index);
     await lines.add(`${INDEX_HEADER}\n`);
-    file = await waitForFile(partial, watch, opts.signal);
-    const follower = new Follower(file, watch, opts.signal);
+    file = AtomicFile.adopt(final, await waitForFile(partial, watch, opts.signal));
+    const follower = new Follower(file.handle, watch, opts.signal);
     const stats: DiskStats = { changedBytes: 0, dataBytes: 0, zeroBytes: 0, storedBytes: 0, records: 0 };
     const header: RbdDiffHeader = {};
     // Where the next record must start: records follow each other exactly, as the index says
@@ -164,12 +164,9 @@ export async function writeToolDiffDisk(opts: ToolDiffOptions, tool: ToolDiff): 
     await run.done;
     await lines.flush();
     await follower.synced();
-    await file.write(preamble, 0, preamble.length, 0);
-    await file.sync();
-    await file.close();
+    await file.handle.write(preamble, 0, preamble.length, 0);
+    await file.commit();
     file = undefined;
-    await rename(partial, final);
-    await fsyncDir(dirname(final));
     await opts.onStep?.(`data:${key}`);
     const indexSha = await index.commit();
     await opts.onStep?.(`index:${key}`);
@@ -182,8 +179,8 @@ export async function writeToolDiffDisk(opts: ToolDiffOptions, tool: ToolDiff): 
       () => undefined,
       (e: unknown) => e,
     );
-    await file?.close().catch(() => {});
-    await unlink(partial).catch(() => {});
+    // Removed even before it was adopted: the tool may have created it after the last look.
+    await (file ? file.discard() : unlink(partial).catch(() => {}));
     await index?.discard();
     // A stream cut short or off the mark usually has a reason the tool (or its caller) knows
     // better: its own failure, or why the source changed under it.
