@@ -73,6 +73,10 @@ bluestore_block_create = true
 bluestore_block_size = $(numfmt --from=iec "$OSD_FILE_SIZE")
 # Bounded RAM (the minimum Ceph accepts is 896 MiB; the real RSS stays far below).
 osd_memory_target = 1073741824
+# A file-backed OSD counts as a hard disk, whose snapshot trimming sleeps 5 s between steps:
+# the space of removed snapshots came back at ~100 objects a minute, and a few bench runs
+# (256 MiB of writes between snapshots, each time) filled the 20 GiB OSD until rbd hung.
+osd_snap_trim_sleep_hdd = 0
 # memstore: 2 GiB ceiling; a graceful stop must umount (= save) the store. Pacific's default
 # fast shutdown skips that and the OSD comes back with no data.
 memstore_device_bytes = 2147483648
