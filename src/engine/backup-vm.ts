@@ -109,7 +109,7 @@ export async function backupVm(req: BackupVmRequest): Promise<BackupVmResult> {
     for (const plan of plans) {
       const report = { events: ctx.events, id: `${target.vmId}/${plan.key}`, label: `${target.vmName} ${plan.key}`, total: plan.size };
       const spec = { key: plan.key, size: plan.size, sourceFormat: plan.sourceFormat };
-      const tool = pointLevel === 'incremental' ? session.toolDiff?.(plan) : undefined;
+      const tool = session.toolDiff?.(plan);
       let stats: DiskStats;
       if (tool && writer.takesToolDiff(spec, tool)) {
         const progress = progressOf(report);

@@ -111,7 +111,7 @@ export class PointWriter {
     return entry.written.stats;
   }
 
-  /** Whether writeDiskFromTool can store this tool's diff (its preamble fits ours, see tool-diff.ts). */
+  /** Whether writeDiskFromTool can store this tool's diff: an incremental point, and a preamble that fits ours (tool-diff.ts). */
   takesToolDiff(spec: DiskSpec, tool: ToolDiff): boolean {
     return this.level === 'incremental' && repositoryPreamble({ fromSnap: this.parentId!, toSnap: this.pointId, size: spec.size }, tool) !== undefined;
   }

@@ -181,7 +181,7 @@ export class CephRbdSession implements BackupSession {
    * records stay within one object).
    */
   private byTool(d: DiskState): boolean {
-    return this.rbd.local && d.decision.level === 'incremental' && d.info.objectSize <= MAX_RECORD_BYTES;
+    return this.rbd.local && d.info.objectSize <= MAX_RECORD_BYTES;
   }
 
   toolDiff(plan: DiskPlan): ToolDiff | undefined {

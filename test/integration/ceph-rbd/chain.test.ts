@@ -71,7 +71,6 @@ describe('ceph-rbd: a chain of points against the lab cluster', () => {
     // of data, and the zero-write and the discard as rbd reports them (Pacific sends a zeroed
     // part of an object as data of zeros, a whole discarded object as a zero range).
     expect(d.changedBytes).toBeGreaterThanOrEqual(64 * 1024 + 4 * MiB + 4096 + 2 * MiB);
-    expect(d.dataBytes + d.zeroBytes).toBe(d.changedBytes);
     expect(d.dataBytes).toBeGreaterThanOrEqual(64 * 1024 + 4 * MiB + 4096);
     // Nothing but rbd's records: 17 bytes of header each, plus the preamble and the end.
     const point = await repo.findPoint(r.pointId);
